@@ -4,3 +4,7 @@
 //! The modules are named after what the product does; see `docs/architecture.md`.
 
 pub mod cli;
+pub mod clock;
+pub mod crypto;
+pub mod store;
+pub mod verify;

@@ -1,0 +1,280 @@
+//! Storage behind one interface, two backends (SQLite now, PostgreSQL next).
+//!
+//! Every operation that must be atomic is one method here and one transaction in the
+//! backend: the backend loads the rows, asks the pure domain (`crate::verify`) what to
+//! do, and applies the answer with conditional updates. Correctness under concurrency
+//! comes from the database (conditional `UPDATE … WHERE status = 'pending'`, unique
+//! indexes, transactions), never from in-process locks, so it still holds with several
+//! instances sharing one PostgreSQL.
+//!
+//! The store never sees a raw phone number: subjects arrive with a blind index, a
+//! wrapped data key and ciphertext made by the caller.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::clock::Millis;
+use crate::crypto::BlindIndex;
+use crate::verify::{Channel, OtpCode, ServiceConfig, Status, VerifyError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or refused work; worth retrying later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A uniqueness rule was violated; the string names the rule.
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    #[error("store error: {0}")]
+    Internal(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Start and check verifications, bind accounts.
+    Verify,
+    /// Manage services and read administrative data.
+    Admin,
+}
+
+impl Scope {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "verify" => Some(Self::Verify),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Verify => "verify",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub name: String,
+    pub secret_hash: Vec<u8>,
+    pub scopes: Vec<Scope>,
+    pub created_at: Millis,
+    pub revoked_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceRecord {
+    pub id: String,
+    pub config: Arc<ServiceConfig>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// A subject's sealed material, enough to decrypt its number given the KEK.
+#[derive(Debug, Clone)]
+pub struct SubjectSecrets {
+    pub id: i64,
+    pub blind_index: BlindIndex,
+    /// `None` once the subject's key was destroyed (erasure).
+    pub wrapped_key: Option<Vec<u8>>,
+    pub phone_ct: Option<Vec<u8>>,
+}
+
+/// A subject seen for the first time, sealed by the caller.
+#[derive(Debug, Clone)]
+pub struct NewSubject {
+    pub wrapped_key: Vec<u8>,
+    pub phone_ct: Vec<u8>,
+    pub country_code: u16,
+    pub region: Option<String>,
+    pub number_type: &'static str,
+}
+
+#[derive(Debug, Clone)]
+pub enum SubjectRef {
+    /// The caller found the subject and sealed the message under its key.
+    Existing(i64),
+    /// The caller found no subject and sealed the message under a new key.
+    New(NewSubject),
+}
+
+#[derive(Debug)]
+pub struct IdempotencyCmd {
+    pub api_key_id: String,
+    pub key: String,
+    pub fingerprint: [u8; 32],
+}
+
+#[derive(Debug)]
+pub struct StartCmd {
+    pub id_if_new: String,
+    pub service_id: String,
+    pub config: Arc<ServiceConfig>,
+    pub blind_index: BlindIndex,
+    pub subject: SubjectRef,
+    pub channel: Channel,
+    pub locale: Option<String>,
+    pub account_ref: Option<String>,
+    pub purpose: Option<String>,
+    pub code: OtpCode,
+    /// The sealed message (recipient and body); `None` for a test number.
+    pub message: Option<Vec<u8>>,
+    /// Client signals sealed under the subject's key.
+    pub signals_ct: Option<Vec<u8>>,
+    pub idempotency: Option<IdempotencyCmd>,
+    pub now: Millis,
+}
+
+#[derive(Debug)]
+pub enum StartOutcome {
+    Started { verification: VerificationRow, resent: bool },
+    /// An earlier request with the same idempotency key created this verification.
+    Replayed(VerificationRow),
+    /// The idempotency key was used before with a different request.
+    IdempotencyMismatch,
+    Refused(VerifyError),
+    /// The caller sealed for a new subject, but one exists now; look it up and retry.
+    SubjectExists,
+}
+
+/// A verification as stored, without the subject's secrets.
+#[derive(Debug, Clone)]
+pub struct VerificationRow {
+    pub id: String,
+    pub service_id: String,
+    pub subject_id: i64,
+    pub status: Status,
+    pub channel: Channel,
+    pub locale: Option<String>,
+    pub account_ref: Option<String>,
+    pub purpose: Option<String>,
+    pub sends: u32,
+    pub max_sends: u32,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub test_number: bool,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub expires_at: Millis,
+    pub approved_at: Option<Millis>,
+}
+
+/// One message of a verification, as the outbox recorded it.
+#[derive(Debug, Clone)]
+pub struct SendAttempt {
+    pub channel: Channel,
+    pub status: String,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone)]
+pub struct VerificationDetails {
+    pub row: VerificationRow,
+    pub subject: SubjectSecrets,
+    pub sends: Vec<SendAttempt>,
+}
+
+#[derive(Debug)]
+pub enum CheckOutcome {
+    Approved(VerificationRow),
+    Wrong { row: VerificationRow, attempts_left: u32 },
+    Refused { row: VerificationRow, why: VerifyError },
+    NotFound,
+}
+
+#[derive(Debug)]
+pub enum CancelOutcome {
+    Canceled(VerificationRow),
+    NotPending(VerificationRow),
+    NotFound,
+}
+
+#[derive(Debug, Clone)]
+pub struct BindingRow {
+    pub account_ref: String,
+    pub subject: SubjectSecrets,
+    pub verification_id: String,
+    pub verified_at: Millis,
+}
+
+#[derive(Debug)]
+pub enum BindOutcome {
+    Bound { binding: BindingRow, replaced: bool },
+    VerificationNotFound,
+    NotApproved,
+    /// Approved too long ago to bind now.
+    Stale,
+    /// The verification was started for another account reference.
+    AccountMismatch,
+}
+
+/// A claimed outbox message. The payload is sealed under the subject's key.
+#[derive(Debug, Clone)]
+pub struct OutboxItem {
+    pub id: i64,
+    pub verification_id: String,
+    pub channel: Channel,
+    pub payload: Vec<u8>,
+    pub subject: SubjectSecrets,
+    pub attempts: u32,
+    pub not_after: Millis,
+}
+
+#[derive(Debug, Clone)]
+pub enum DeliveryResult {
+    Sent { provider_ref: Option<String> },
+    Retry { at: Millis, error: String },
+    Failed { error: String },
+}
+
+/// Counts the outbox worker reports after a claim.
+#[derive(Debug, Default, Clone)]
+pub struct OutboxClaim {
+    pub items: Vec<OutboxItem>,
+    pub expired: u64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap round trip, for `/readyz`.
+    async fn ping(&self) -> StoreResult<()>;
+
+    async fn create_api_key(&self, key: ApiKeyRecord) -> StoreResult<()>;
+    async fn get_api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>>;
+
+    /// Creates a service; `Conflict("service_name")` if the name is taken.
+    async fn create_service(&self, rec: ServiceRecord) -> StoreResult<()>;
+    /// Finds a service by id or by name.
+    async fn get_service(&self, id_or_name: &str) -> StoreResult<Option<ServiceRecord>>;
+    async fn list_services(&self) -> StoreResult<Vec<ServiceRecord>>;
+    async fn update_service(&self, id: &str, config: ServiceConfig, now: Millis) -> StoreResult<Option<ServiceRecord>>;
+
+    async fn find_subject(&self, bi: &BlindIndex) -> StoreResult<Option<SubjectSecrets>>;
+
+    async fn start_verification(&self, cmd: StartCmd) -> StoreResult<StartOutcome>;
+    async fn check_verification(&self, id: &str, code: OtpCode, now: Millis) -> StoreResult<CheckOutcome>;
+    async fn get_verification(&self, id: &str) -> StoreResult<Option<VerificationDetails>>;
+    /// The id of the pending verification of a number on a service, if any.
+    async fn find_pending(&self, bi: &BlindIndex, service_id: &str, now: Millis) -> StoreResult<Option<String>>;
+    async fn cancel_verification(&self, id: &str, now: Millis) -> StoreResult<CancelOutcome>;
+
+    async fn bind_account(&self, account_ref: &str, verification_id: &str, now: Millis, window_ms: i64) -> StoreResult<BindOutcome>;
+    async fn get_binding(&self, account_ref: &str) -> StoreResult<Option<BindingRow>>;
+    async fn unbind_account(&self, account_ref: &str, now: Millis) -> StoreResult<bool>;
+
+    /// Claims up to `limit` due messages for `lease_ms`; messages past their code's
+    /// expiry are marked expired and their content erased instead.
+    async fn claim_outbox(&self, now: Millis, limit: u32, lease_ms: i64) -> StoreResult<OutboxClaim>;
+    async fn finish_outbox(&self, id: i64, result: DeliveryResult, now: Millis) -> StoreResult<()>;
+    /// When the next queued message falls due, if any.
+    async fn next_outbox_due(&self) -> StoreResult<Option<Millis>>;
+}

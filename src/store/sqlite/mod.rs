@@ -1,0 +1,225 @@
+//! The embedded SQLite backend: one database file in WAL mode, written by one thread
+//! with group commit (`writer`), read through a small pool of connections.
+//!
+//! Durability: `synchronous=FULL`, so a commit that was acknowledged survives a power
+//! cut as well as a crash of the process. This backend serves exactly one instance and
+//! takes an exclusive lock file in the data directory to make sure of it.
+
+mod ops;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags};
+
+use super::*;
+use crate::crypto::CodeHasher;
+use writer::Writer;
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+
+const READERS: usize = 4;
+
+pub struct SqliteStore {
+    writer: Writer,
+    readers: Arc<Vec<Mutex<Connection>>>,
+    next_reader: AtomicUsize,
+    codes: CodeHasher,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode;
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::DiskFull | ErrorCode::CannotOpen) => {
+                StoreError::Unavailable(e.to_string())
+            }
+            _ => StoreError::Internal(e.to_string()),
+        }
+    }
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA cache_size = -16000;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+    )?;
+    let current: i64 = conn.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))?;
+    let latest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+    if current > latest {
+        anyhow::bail!(
+            "the database has schema version {current}, newer than this binary knows ({latest}); run a newer ringfence"
+        );
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+            rusqlite::params![version, crate::clock::Clock::now(&crate::clock::SystemClock)],
+        )?;
+        tx.commit()?;
+        tracing::info!(version, "applied SQLite migration");
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies migrations.
+    pub fn open(path: &Path, codes: CodeHasher) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut conn = Connection::open(path)?;
+        configure(&conn)?;
+        migrate(&mut conn)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let r = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+            )?;
+            r.busy_timeout(std::time::Duration::from_secs(5))?;
+            r.set_prepared_statement_cache_capacity(64);
+            readers.push(Mutex::new(r));
+        }
+        Ok(Self {
+            writer: Writer::spawn(conn),
+            readers: Arc::new(readers),
+            next_reader: AtomicUsize::new(0),
+            codes,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Runs a read-only closure on a pooled connection, off the async threads.
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % readers.len();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers[i].lock().unwrap_or_else(|p| p.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("reader task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?)).await?;
+        self.writer.write(|_| Ok(())).await
+    }
+
+    async fn create_api_key(&self, key: ApiKeyRecord) -> StoreResult<()> {
+        self.writer.write(move |c| ops::create_api_key(c, &key)).await
+    }
+
+    async fn get_api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
+        let id = id.to_owned();
+        self.read(move |c| ops::get_api_key(c, &id)).await
+    }
+
+    async fn create_service(&self, rec: ServiceRecord) -> StoreResult<()> {
+        self.writer.write(move |c| ops::create_service(c, &rec)).await
+    }
+
+    async fn get_service(&self, id_or_name: &str) -> StoreResult<Option<ServiceRecord>> {
+        let key = id_or_name.to_owned();
+        self.read(move |c| ops::get_service(c, &key)).await
+    }
+
+    async fn list_services(&self) -> StoreResult<Vec<ServiceRecord>> {
+        self.read(ops::list_services).await
+    }
+
+    async fn update_service(&self, id: &str, config: ServiceConfig, now: Millis) -> StoreResult<Option<ServiceRecord>> {
+        let id = id.to_owned();
+        self.writer.write(move |c| ops::update_service(c, &id, &config, now)).await
+    }
+
+    async fn find_subject(&self, bi: &BlindIndex) -> StoreResult<Option<SubjectSecrets>> {
+        let bi = *bi;
+        self.read(move |c| ops::find_subject(c, &bi)).await
+    }
+
+    async fn start_verification(&self, cmd: StartCmd) -> StoreResult<StartOutcome> {
+        let codes = self.codes.clone();
+        self.writer.write(move |c| ops::start(c, &codes, cmd)).await
+    }
+
+    async fn check_verification(&self, id: &str, code: OtpCode, now: Millis) -> StoreResult<CheckOutcome> {
+        let codes = self.codes.clone();
+        let id = id.to_owned();
+        self.writer.write(move |c| ops::check(c, &codes, &id, &code, now)).await
+    }
+
+    async fn get_verification(&self, id: &str) -> StoreResult<Option<VerificationDetails>> {
+        let id = id.to_owned();
+        self.read(move |c| ops::get_verification(c, &id)).await
+    }
+
+    async fn find_pending(&self, bi: &BlindIndex, service_id: &str, now: Millis) -> StoreResult<Option<String>> {
+        let (bi, service_id) = (*bi, service_id.to_owned());
+        self.read(move |c| ops::find_pending(c, &bi, &service_id, now)).await
+    }
+
+    async fn cancel_verification(&self, id: &str, now: Millis) -> StoreResult<CancelOutcome> {
+        let id = id.to_owned();
+        self.writer.write(move |c| ops::cancel(c, &id, now)).await
+    }
+
+    async fn bind_account(&self, account_ref: &str, verification_id: &str, now: Millis, window_ms: i64) -> StoreResult<BindOutcome> {
+        let (a, v) = (account_ref.to_owned(), verification_id.to_owned());
+        self.writer.write(move |c| ops::bind(c, &a, &v, now, window_ms)).await
+    }
+
+    async fn get_binding(&self, account_ref: &str) -> StoreResult<Option<BindingRow>> {
+        let a = account_ref.to_owned();
+        self.read(move |c| ops::get_binding(c, &a)).await
+    }
+
+    async fn unbind_account(&self, account_ref: &str, now: Millis) -> StoreResult<bool> {
+        let a = account_ref.to_owned();
+        self.writer.write(move |c| ops::unbind(c, &a, now)).await
+    }
+
+    async fn claim_outbox(&self, now: Millis, limit: u32, lease_ms: i64) -> StoreResult<OutboxClaim> {
+        self.writer.write(move |c| ops::claim_outbox(c, now, limit, lease_ms)).await
+    }
+
+    async fn finish_outbox(&self, id: i64, result: DeliveryResult, now: Millis) -> StoreResult<()> {
+        self.writer.write(move |c| ops::finish_outbox(c, id, &result, now)).await
+    }
+
+    async fn next_outbox_due(&self) -> StoreResult<Option<Millis>> {
+        self.read(ops::next_outbox_due).await
+    }
+}

@@ -1,0 +1,585 @@
+//! The SQLite statements of each store operation. Functions taking a connection from
+//! the writer run inside the writer's transaction (and their own savepoint); the others
+//! run on a read-only connection.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::clock::Millis;
+use crate::crypto::{BlindIndex, CodeHasher};
+use crate::store::*;
+use crate::verify::{self, CheckPlan, CheckState, PendingState, StartPlan};
+
+fn internal(msg: impl Into<String>) -> StoreError {
+    StoreError::Internal(msg.into())
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
+}
+
+// ---------------------------------------------------------------- API keys
+
+pub fn create_api_key(c: &Connection, k: &ApiKeyRecord) -> StoreResult<()> {
+    let scopes: Vec<&str> = k.scopes.iter().map(|s| s.as_str()).collect();
+    c.prepare_cached(
+        "INSERT INTO api_keys (id, name, secret_hash, scopes, created_at, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![k.id, k.name, k.secret_hash, scopes.join(","), k.created_at, k.revoked_at])?;
+    Ok(())
+}
+
+pub fn get_api_key(c: &Connection, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
+    Ok(c
+        .prepare_cached("SELECT id, name, secret_hash, scopes, created_at, revoked_at FROM api_keys WHERE id = ?1")?
+        .query_row([id], |r| {
+            let scopes: String = r.get(3)?;
+            Ok(ApiKeyRecord {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                secret_hash: r.get(2)?,
+                scopes: scopes.split(',').filter_map(Scope::parse).collect(),
+                created_at: r.get(4)?,
+                revoked_at: r.get(5)?,
+            })
+        })
+        .optional()?)
+}
+
+// ---------------------------------------------------------------- services
+
+fn service_from_row(r: &Row<'_>) -> rusqlite::Result<(String, String, Millis, Millis)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+fn service_record((id, json, created_at, updated_at): (String, String, Millis, Millis)) -> StoreResult<ServiceRecord> {
+    let config: ServiceConfig =
+        serde_json::from_str(&json).map_err(|e| internal(format!("service {id} has unreadable config: {e}")))?;
+    Ok(ServiceRecord { id, config: Arc::new(config), created_at, updated_at })
+}
+
+pub fn create_service(c: &Connection, s: &ServiceRecord) -> StoreResult<()> {
+    let json = serde_json::to_string(&*s.config).map_err(|e| internal(e.to_string()))?;
+    c.prepare_cached("INSERT INTO services (id, name, config, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![s.id, s.config.name, json, s.created_at, s.updated_at])
+        .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("service_name") } else { e.into() })?;
+    Ok(())
+}
+
+pub fn get_service(c: &Connection, key: &str) -> StoreResult<Option<ServiceRecord>> {
+    c.prepare_cached("SELECT id, config, created_at, updated_at FROM services WHERE id = ?1 OR name = ?1")?
+        .query_row([key], service_from_row)
+        .optional()?
+        .map(service_record)
+        .transpose()
+}
+
+pub fn list_services(c: &Connection) -> StoreResult<Vec<ServiceRecord>> {
+    let rows = c
+        .prepare_cached("SELECT id, config, created_at, updated_at FROM services ORDER BY created_at, id")?
+        .query_map([], service_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter().map(service_record).collect()
+}
+
+pub fn update_service(c: &Connection, id: &str, cfg: &ServiceConfig, now: Millis) -> StoreResult<Option<ServiceRecord>> {
+    let json = serde_json::to_string(cfg).map_err(|e| internal(e.to_string()))?;
+    let n = c
+        .prepare_cached("UPDATE services SET name = ?2, config = ?3, updated_at = ?4 WHERE id = ?1")?
+        .execute(params![id, cfg.name, json, now])
+        .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("service_name") } else { StoreError::from(e) })?;
+    if n == 0 {
+        return Ok(None);
+    }
+    get_service(c, id)
+}
+
+// ---------------------------------------------------------------- subjects
+
+fn subject_from(r: &Row<'_>, at: usize) -> rusqlite::Result<SubjectSecrets> {
+    let bi: Vec<u8> = r.get(at + 1)?;
+    Ok(SubjectSecrets {
+        id: r.get(at)?,
+        blind_index: BlindIndex::from_slice(&bi).unwrap_or(BlindIndex([0; 32])),
+        wrapped_key: r.get(at + 2)?,
+        phone_ct: r.get(at + 3)?,
+    })
+}
+
+pub fn find_subject(c: &Connection, bi: &BlindIndex) -> StoreResult<Option<SubjectSecrets>> {
+    Ok(c
+        .prepare_cached("SELECT id, blind_index, wrapped_key, phone_ct FROM subjects WHERE blind_index = ?1")?
+        .query_row([&bi.0[..]], |r| subject_from(r, 0))
+        .optional()?)
+}
+
+fn subject_id(c: &Connection, bi: &BlindIndex) -> StoreResult<Option<i64>> {
+    Ok(c
+        .prepare_cached("SELECT id FROM subjects WHERE blind_index = ?1")?
+        .query_row([&bi.0[..]], |r| r.get(0))
+        .optional()?)
+}
+
+// ---------------------------------------------------------------- verifications
+
+const VERIFICATION_COLUMNS: &str = "v.id, v.service_id, v.subject_id, v.status, v.channel, v.locale, v.account_ref, \
+     v.purpose, v.sends, v.max_sends, v.attempts, v.max_attempts, v.test_number, v.created_at, v.updated_at, \
+     v.expires_at, v.approved_at";
+
+fn verification_from(r: &Row<'_>) -> rusqlite::Result<VerificationRow> {
+    let status: String = r.get(3)?;
+    let channel: String = r.get(4)?;
+    Ok(VerificationRow {
+        id: r.get(0)?,
+        service_id: r.get(1)?,
+        subject_id: r.get(2)?,
+        status: verify::Status::parse(&status).unwrap_or(verify::Status::Failed),
+        channel: verify::Channel::parse(&channel).unwrap_or(verify::Channel::Sms),
+        locale: r.get(5)?,
+        account_ref: r.get(6)?,
+        purpose: r.get(7)?,
+        sends: r.get(8)?,
+        max_sends: r.get(9)?,
+        attempts: r.get(10)?,
+        max_attempts: r.get(11)?,
+        test_number: r.get(12)?,
+        created_at: r.get(13)?,
+        updated_at: r.get(14)?,
+        expires_at: r.get(15)?,
+        approved_at: r.get(16)?,
+    })
+}
+
+fn load_verification(c: &Connection, id: &str) -> StoreResult<Option<VerificationRow>> {
+    Ok(c
+        .prepare_cached(&format!("SELECT {VERIFICATION_COLUMNS} FROM verifications v WHERE v.id = ?1"))?
+        .query_row([id], verification_from)
+        .optional()?)
+}
+
+fn load_verification_required(c: &Connection, id: &str) -> StoreResult<VerificationRow> {
+    load_verification(c, id)?.ok_or_else(|| internal(format!("verification {id} vanished inside its transaction")))
+}
+
+/// Marks a pending verification that has run out of time as expired, erasing its code
+/// hash and any queued message content.
+fn expire(c: &Connection, id: &str, now: Millis) -> StoreResult<()> {
+    c.prepare_cached(
+        "UPDATE verifications SET status = 'expired', code_hash = NULL, updated_at = ?2 WHERE id = ?1 AND status = 'pending'",
+    )?
+    .execute(params![id, now])?;
+    end_queued_messages(c, id, "expired", now)
+}
+
+fn end_queued_messages(c: &Connection, verification_id: &str, status: &str, now: Millis) -> StoreResult<()> {
+    c.prepare_cached(
+        "UPDATE outbox SET status = ?2, payload = NULL, lease_until = NULL, updated_at = ?3
+         WHERE verification_id = ?1 AND status IN ('queued', 'sending', 'retry')",
+    )?
+    .execute(params![verification_id, status, now])?;
+    Ok(())
+}
+
+fn enqueue(c: &Connection, verification_id: &str, subject_id: i64, cmd: &StartCmd, payload: &[u8], not_after: Millis) -> StoreResult<()> {
+    c.prepare_cached(
+        "INSERT INTO outbox (verification_id, subject_id, channel, payload, status, next_attempt_at, not_after, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?5, ?5)",
+    )?
+    .execute(params![verification_id, subject_id, cmd.channel.as_str(), payload, cmd.now, not_after])?;
+    Ok(())
+}
+
+pub fn start(c: &Connection, codes: &CodeHasher, cmd: StartCmd) -> StoreResult<StartOutcome> {
+    let now = cmd.now;
+    // An idempotent retry answers with what the first request created, sending nothing.
+    if let Some(idem) = &cmd.idempotency {
+        let earlier: Option<(Vec<u8>, String)> = c
+            .prepare_cached("SELECT fingerprint, verification_id FROM idempotency_keys WHERE api_key_id = ?1 AND key = ?2")?
+            .query_row(params![idem.api_key_id, idem.key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((fp, vid)) = earlier {
+            if fp != idem.fingerprint {
+                return Ok(StartOutcome::IdempotencyMismatch);
+            }
+            return Ok(StartOutcome::Replayed(load_verification_required(c, &vid)?));
+        }
+    }
+
+    let subject_id = match (&cmd.subject, subject_id(c, &cmd.blind_index)?) {
+        (SubjectRef::Existing(id), _) => *id,
+        (SubjectRef::New(_), Some(_)) => return Ok(StartOutcome::SubjectExists),
+        (SubjectRef::New(s), None) => {
+            c.prepare_cached(
+                "INSERT INTO subjects (blind_index, wrapped_key, phone_ct, country_code, region, number_type, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![&cmd.blind_index.0[..], s.wrapped_key, s.phone_ct, s.country_code, s.region, s.number_type, now])?;
+            c.last_insert_rowid()
+        }
+    };
+
+    let locked_until: Option<Millis> = c
+        .prepare_cached("SELECT until FROM lockouts WHERE subject_id = ?1 AND service_id = ?2")?
+        .query_row(params![subject_id, cmd.service_id], |r| r.get(0))
+        .optional()?;
+    let pending: Option<(String, PendingState)> = c
+        .prepare_cached(
+            "SELECT id, expires_at, sends, last_sent_at FROM verifications
+             WHERE subject_id = ?1 AND service_id = ?2 AND status = 'pending'",
+        )?
+        .query_row(params![subject_id, cmd.service_id], |r| {
+            Ok((r.get(0)?, PendingState { expires_at: r.get(1)?, sends: r.get(2)?, last_sent_at: r.get(3)? }))
+        })
+        .optional()?;
+
+    let plan = match verify::plan_start(pending.as_ref().map(|p| &p.1), locked_until, &cmd.config, now) {
+        Ok(plan) => plan,
+        Err(why) => return Ok(StartOutcome::Refused(why)),
+    };
+    let expires_at = now + i64::from(cmd.config.ttl_seconds) * 1000;
+    let (id, resent) = match (plan, pending) {
+        (StartPlan::Resend, Some((id, _))) => {
+            // A new code replaces the old one; wrong guesses so far still count.
+            let hash = codes.hash(&id, cmd.code.expose());
+            c.prepare_cached(
+                "UPDATE verifications SET code_hash = ?2, channel = ?3, sends = sends + 1, last_sent_at = ?4,
+                        expires_at = ?5, updated_at = ?4
+                 WHERE id = ?1 AND status = 'pending' AND sends < max_sends",
+            )?
+            .execute(params![id, &hash[..], cmd.channel.as_str(), now, expires_at])?;
+            // Messages with the superseded code must not go out any more.
+            end_queued_messages(c, &id, "canceled", now)?;
+            (id, true)
+        }
+        (plan, pending) => {
+            if let (StartPlan::New { expire_stale: true }, Some((old, _))) = (&plan, &pending) {
+                expire(c, old, now)?;
+            }
+            let id = cmd.id_if_new.clone();
+            let hash = codes.hash(&id, cmd.code.expose());
+            c.prepare_cached(
+                "INSERT INTO verifications (id, service_id, subject_id, status, channel, code_hash, locale, account_ref,
+                    purpose, signals_ct, sends, max_sends, attempts, max_attempts, lockout_ms, test_number, created_at,
+                    updated_at, expires_at, last_sent_at)
+                 VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, 1, ?10, 0, ?11, ?12, ?13, ?14, ?14, ?15, ?14)",
+            )?
+            .execute(params![
+                id,
+                cmd.service_id,
+                subject_id,
+                cmd.channel.as_str(),
+                &hash[..],
+                cmd.locale,
+                cmd.account_ref,
+                cmd.purpose,
+                cmd.signals_ct,
+                cmd.config.max_sends,
+                cmd.config.max_check_attempts,
+                i64::from(cmd.config.lockout_seconds) * 1000,
+                cmd.message.is_none(),
+                now,
+                expires_at,
+            ])
+            .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("pending_verification") } else { e.into() })?;
+            (id, false)
+        }
+    };
+    if let Some(payload) = &cmd.message {
+        enqueue(c, &id, subject_id, &cmd, payload, expires_at)?;
+    }
+    if let Some(idem) = &cmd.idempotency {
+        c.prepare_cached(
+            "INSERT INTO idempotency_keys (api_key_id, key, fingerprint, verification_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![idem.api_key_id, idem.key, &idem.fingerprint[..], id, now])?;
+    }
+    Ok(StartOutcome::Started { verification: load_verification_required(c, &id)?, resent })
+}
+
+pub fn check(c: &Connection, codes: &CodeHasher, id: &str, code: &OtpCode, now: Millis) -> StoreResult<CheckOutcome> {
+    let loaded: Option<(VerificationRow, Option<Vec<u8>>, i64)> = c
+        .prepare_cached(&format!(
+            "SELECT {VERIFICATION_COLUMNS}, v.code_hash, v.lockout_ms FROM verifications v WHERE v.id = ?1"
+        ))?
+        .query_row([id], |r| Ok((verification_from(r)?, r.get(17)?, r.get(18)?)))
+        .optional()?;
+    let Some((row, hash, lockout_ms)) = loaded else {
+        return Ok(CheckOutcome::NotFound);
+    };
+    let matches = hash.as_deref().is_some_and(|h| codes.matches(id, code.expose(), h));
+    let state = CheckState {
+        status: row.status,
+        expires_at: row.expires_at,
+        attempts: row.attempts,
+        max_attempts: row.max_attempts,
+        lockout_seconds: u32::try_from(lockout_ms / 1000).unwrap_or(u32::MAX),
+    };
+    let plan = match verify::plan_check(&state, matches, now) {
+        Ok(p) => p,
+        Err(why) => {
+            let why = match why {
+                verify::VerifyError::MaxAttemptsReached { .. } => {
+                    let until: Option<Millis> = c
+                        .prepare_cached("SELECT until FROM lockouts WHERE subject_id = ?1 AND service_id = ?2")?
+                        .query_row(params![row.subject_id, row.service_id], |r| r.get(0))
+                        .optional()?;
+                    verify::VerifyError::MaxAttemptsReached { retry_after_ms: until.map_or(0, |u| (u - now).max(0)) }
+                }
+                other => other,
+            };
+            return Ok(CheckOutcome::Refused { row, why });
+        }
+    };
+    match plan {
+        CheckPlan::Approve => {
+            // The single-use guarantee: of any number of racing checks, only the one whose
+            // conditional update changes the row approves.
+            let n = c
+                .prepare_cached(
+                    "UPDATE verifications SET status = 'approved', code_hash = NULL, approved_at = ?2, updated_at = ?2
+                     WHERE id = ?1 AND status = 'pending' AND expires_at > ?2 AND attempts < max_attempts",
+                )?
+                .execute(params![id, now])?;
+            if n != 1 {
+                let row = load_verification_required(c, id)?;
+                return Ok(CheckOutcome::Refused { why: verify::VerifyError::NotPending(row.status), row });
+            }
+            end_queued_messages(c, id, "canceled", now)?;
+            Ok(CheckOutcome::Approved(load_verification_required(c, id)?))
+        }
+        CheckPlan::Wrong { .. } | CheckPlan::Exhausted { .. } => {
+            let n = c
+                .prepare_cached(
+                    "UPDATE verifications SET attempts = attempts + 1, updated_at = ?2,
+                        status = CASE WHEN attempts + 1 >= max_attempts THEN 'max_attempts_reached' ELSE status END,
+                        code_hash = CASE WHEN attempts + 1 >= max_attempts THEN NULL ELSE code_hash END
+                     WHERE id = ?1 AND status = 'pending'",
+                )?
+                .execute(params![id, now])?;
+            let row = load_verification_required(c, id)?;
+            if n != 1 {
+                return Ok(CheckOutcome::Refused { why: verify::VerifyError::NotPending(row.status), row });
+            }
+            if let CheckPlan::Exhausted { locked_until } = plan {
+                c.prepare_cached(
+                    "INSERT INTO lockouts (subject_id, service_id, until) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (subject_id, service_id) DO UPDATE SET until = MAX(until, excluded.until)",
+                )?
+                .execute(params![row.subject_id, row.service_id, locked_until])?;
+                end_queued_messages(c, id, "canceled", now)?;
+                let why = verify::VerifyError::MaxAttemptsReached { retry_after_ms: locked_until - now };
+                return Ok(CheckOutcome::Refused { row, why });
+            }
+            let attempts_left = row.max_attempts.saturating_sub(row.attempts);
+            Ok(CheckOutcome::Wrong { row, attempts_left })
+        }
+        CheckPlan::Expire => {
+            expire(c, id, now)?;
+            Ok(CheckOutcome::Refused { row: load_verification_required(c, id)?, why: verify::VerifyError::Expired })
+        }
+    }
+}
+
+pub fn get_verification(c: &Connection, id: &str) -> StoreResult<Option<VerificationDetails>> {
+    let found: Option<(VerificationRow, SubjectSecrets)> = c
+        .prepare_cached(&format!(
+            "SELECT {VERIFICATION_COLUMNS}, s.id, s.blind_index, s.wrapped_key, s.phone_ct
+             FROM verifications v JOIN subjects s ON s.id = v.subject_id WHERE v.id = ?1"
+        ))?
+        .query_row([id], |r| Ok((verification_from(r)?, subject_from(r, 17)?)))
+        .optional()?;
+    let Some((row, subject)) = found else { return Ok(None) };
+    let sends = c
+        .prepare_cached("SELECT channel, status, created_at FROM outbox WHERE verification_id = ?1 ORDER BY id")?
+        .query_map([id], |r| {
+            let ch: String = r.get(0)?;
+            Ok(SendAttempt {
+                channel: verify::Channel::parse(&ch).unwrap_or(verify::Channel::Sms),
+                status: r.get(1)?,
+                created_at: r.get(2)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(VerificationDetails { row, subject, sends }))
+}
+
+pub fn find_pending(c: &Connection, bi: &BlindIndex, service_id: &str, now: Millis) -> StoreResult<Option<String>> {
+    Ok(c
+        .prepare_cached(
+            "SELECT v.id FROM verifications v JOIN subjects s ON s.id = v.subject_id
+             WHERE s.blind_index = ?1 AND v.service_id = ?2 AND v.status = 'pending' AND v.expires_at > ?3",
+        )?
+        .query_row(params![&bi.0[..], service_id, now], |r| r.get(0))
+        .optional()?)
+}
+
+pub fn cancel(c: &Connection, id: &str, now: Millis) -> StoreResult<CancelOutcome> {
+    let n = c
+        .prepare_cached(
+            "UPDATE verifications SET status = 'canceled', code_hash = NULL, updated_at = ?2
+             WHERE id = ?1 AND status = 'pending' AND expires_at > ?2",
+        )?
+        .execute(params![id, now])?;
+    if n == 1 {
+        end_queued_messages(c, id, "canceled", now)?;
+        return Ok(CancelOutcome::Canceled(load_verification_required(c, id)?));
+    }
+    match load_verification(c, id)? {
+        None => Ok(CancelOutcome::NotFound),
+        Some(row) => Ok(CancelOutcome::NotPending(row)),
+    }
+}
+
+// ---------------------------------------------------------------- bindings
+
+fn binding_by_account(c: &Connection, account_ref: &str) -> StoreResult<Option<BindingRow>> {
+    Ok(c
+        .prepare_cached(
+            "SELECT b.account_ref, b.verification_id, b.verified_at, s.id, s.blind_index, s.wrapped_key, s.phone_ct
+             FROM bindings b JOIN subjects s ON s.id = b.subject_id
+             WHERE b.account_ref = ?1 AND b.ended_at IS NULL",
+        )?
+        .query_row([account_ref], |r| {
+            Ok(BindingRow {
+                account_ref: r.get(0)?,
+                verification_id: r.get(1)?,
+                verified_at: r.get(2)?,
+                subject: subject_from(r, 3)?,
+            })
+        })
+        .optional()?)
+}
+
+pub fn bind(c: &Connection, account_ref: &str, verification_id: &str, now: Millis, window_ms: i64) -> StoreResult<BindOutcome> {
+    let Some(v) = load_verification(c, verification_id)? else {
+        return Ok(BindOutcome::VerificationNotFound);
+    };
+    let Some(approved_at) = v.approved_at.filter(|_| v.status == verify::Status::Approved) else {
+        return Ok(BindOutcome::NotApproved);
+    };
+    if v.account_ref.as_deref().is_some_and(|a| a != account_ref) {
+        return Ok(BindOutcome::AccountMismatch);
+    }
+    let existing = binding_by_account(c, account_ref)?;
+    if let Some(b) = &existing {
+        if b.subject.id == v.subject_id {
+            // Binding the same number again is a no-op: the call is idempotent.
+            return Ok(BindOutcome::Bound { binding: b.clone(), replaced: false });
+        }
+    }
+    if now - approved_at > window_ms {
+        return Ok(BindOutcome::Stale);
+    }
+    let replaced = existing.is_some();
+    if replaced {
+        c.prepare_cached("UPDATE bindings SET ended_at = ?2, end_reason = 'replaced' WHERE account_ref = ?1 AND ended_at IS NULL")?
+            .execute(params![account_ref, now])?;
+    }
+    c.prepare_cached(
+        "INSERT INTO bindings (account_ref, subject_id, verification_id, verified_at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![account_ref, v.subject_id, verification_id, approved_at])?;
+    let binding = binding_by_account(c, account_ref)?.ok_or_else(|| internal("binding vanished inside its transaction"))?;
+    Ok(BindOutcome::Bound { binding, replaced })
+}
+
+pub fn get_binding(c: &Connection, account_ref: &str) -> StoreResult<Option<BindingRow>> {
+    binding_by_account(c, account_ref)
+}
+
+pub fn unbind(c: &Connection, account_ref: &str, now: Millis) -> StoreResult<bool> {
+    let n = c
+        .prepare_cached("UPDATE bindings SET ended_at = ?2, end_reason = 'unbound' WHERE account_ref = ?1 AND ended_at IS NULL")?
+        .execute(params![account_ref, now])?;
+    Ok(n > 0)
+}
+
+// ---------------------------------------------------------------- outbox
+
+pub fn claim_outbox(c: &Connection, now: Millis, limit: u32, lease_ms: i64) -> StoreResult<OutboxClaim> {
+    // Messages whose code has expired are never sent: erase them first.
+    let expired = c
+        .prepare_cached(
+            "UPDATE outbox SET status = 'expired', payload = NULL, lease_until = NULL, updated_at = ?1
+             WHERE status IN ('queued', 'sending', 'retry') AND not_after <= ?1",
+        )?
+        .execute([now])? as u64;
+    // Due: queued or retry whose time has come, or claimed by a worker whose lease ran out.
+    let mut items = c
+        .prepare_cached(
+            "SELECT o.id, o.verification_id, o.channel, o.payload, o.attempts, o.not_after,
+                    s.id, s.blind_index, s.wrapped_key, s.phone_ct
+             FROM outbox o JOIN subjects s ON s.id = o.subject_id
+             WHERE o.status IN ('queued', 'sending', 'retry') AND o.next_attempt_at <= ?1
+               AND (o.lease_until IS NULL OR o.lease_until <= ?1) AND o.payload IS NOT NULL
+             ORDER BY o.next_attempt_at LIMIT ?2",
+        )?
+        .query_map(params![now, limit], |r| {
+            let ch: String = r.get(2)?;
+            Ok(OutboxItem {
+                id: r.get(0)?,
+                verification_id: r.get(1)?,
+                channel: verify::Channel::parse(&ch).unwrap_or(verify::Channel::Sms),
+                payload: r.get(3)?,
+                attempts: r.get(4)?,
+                not_after: r.get(5)?,
+                subject: subject_from(r, 6)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut claim = c.prepare_cached(
+        "UPDATE outbox SET status = 'sending', lease_until = ?2, attempts = attempts + 1, updated_at = ?3 WHERE id = ?1",
+    )?;
+    for it in &mut items {
+        claim.execute(params![it.id, now + lease_ms, now])?;
+        it.attempts += 1;
+    }
+    Ok(OutboxClaim { items, expired })
+}
+
+pub fn finish_outbox(c: &Connection, id: i64, result: &DeliveryResult, now: Millis) -> StoreResult<()> {
+    match result {
+        DeliveryResult::Sent { provider_ref } => {
+            c.prepare_cached(
+                "UPDATE outbox SET status = 'sent', payload = NULL, lease_until = NULL, provider_ref = ?2, updated_at = ?3
+                 WHERE id = ?1 AND status = 'sending'",
+            )?
+            .execute(params![id, provider_ref, now])?;
+        }
+        DeliveryResult::Retry { at, error } => {
+            c.prepare_cached(
+                "UPDATE outbox SET status = 'retry', next_attempt_at = ?2, lease_until = NULL, last_error = ?3, updated_at = ?4
+                 WHERE id = ?1 AND status = 'sending'",
+            )?
+            .execute(params![id, at, error, now])?;
+        }
+        DeliveryResult::Failed { error } => {
+            let vid: Option<String> = c
+                .prepare_cached(
+                    "UPDATE outbox SET status = 'failed', payload = NULL, lease_until = NULL, last_error = ?2, updated_at = ?3
+                     WHERE id = ?1 AND status = 'sending' RETURNING verification_id",
+                )?
+                .query_row(params![id, error, now], |r| r.get(0))
+                .optional()?;
+            // A verification whose latest message could not be delivered has failed,
+            // unless another message of it was delivered.
+            if let Some(vid) = vid {
+                c.prepare_cached(
+                    "UPDATE verifications SET status = 'failed', code_hash = NULL, updated_at = ?2
+                     WHERE id = ?1 AND status = 'pending'
+                       AND NOT EXISTS (SELECT 1 FROM outbox WHERE verification_id = ?1 AND status IN ('sent', 'queued', 'sending', 'retry'))",
+                )?
+                .execute(params![vid, now])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn next_outbox_due(c: &Connection) -> StoreResult<Option<Millis>> {
+    Ok(c
+        .prepare_cached(
+            "SELECT MIN(COALESCE(MAX(next_attempt_at, lease_until), next_attempt_at)) FROM outbox
+             WHERE status IN ('queued', 'sending', 'retry')",
+        )?
+        .query_row([], |r| r.get(0))?)
+}

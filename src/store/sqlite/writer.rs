@@ -1,0 +1,137 @@
+//! The SQLite write path: one thread owns the only writing connection and commits the
+//! jobs that queued up while the previous commit was being made as one transaction
+//! (group commit).
+//!
+//! SQLite allows one writer at a time anyway; serialising writes on a thread that keeps
+//! its prepared statements removes lock contention and busy-waiting, and one fsync
+//! covers a whole batch, so `synchronous=FULL` costs one disk flush per batch instead of
+//! per request. Each job runs inside its own savepoint: a job that fails rolls back only
+//! its own writes. Replies are sent only after `COMMIT` returned, so nothing is
+//! acknowledged before it is durable.
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::{StoreError, StoreResult};
+
+/// Upper bound of jobs per transaction; keeps one commit's latency bounded.
+const MAX_BATCH: usize = 512;
+
+trait Job: Send {
+    /// Runs the job's statements; `false` asks to roll back its savepoint.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Delivers the result once the batch's fate is known.
+    fn finish(self: Box<Self>, committed: Result<(), String>);
+}
+
+struct TypedJob<T, F> {
+    f: Option<F>,
+    out: Option<StoreResult<T>>,
+    reply: oneshot::Sender<StoreResult<T>>,
+}
+
+impl<T, F> Job for TypedJob<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let f = self.f.take().expect("a job runs once");
+        let r = f(conn);
+        let ok = r.is_ok();
+        self.out = Some(r);
+        ok
+    }
+
+    fn finish(self: Box<Self>, committed: Result<(), String>) {
+        let out = match (committed, self.out) {
+            (_, Some(Err(e))) => Err(e),
+            (Ok(()), Some(ok)) => ok,
+            (Err(e), _) => Err(StoreError::Unavailable(e)),
+            (Ok(()), None) => Err(StoreError::Internal("job did not run".into())),
+        };
+        // The requester may have gone away (client disconnected); that is fine.
+        let _ = self.reply.send(out);
+    }
+}
+
+/// Handle to the writer thread.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Box<dyn Job>>,
+}
+
+impl Writer {
+    /// Starts the writer thread on `conn`.
+    pub fn spawn(conn: Connection) -> Self {
+        let (tx, rx) = mpsc::channel::<Box<dyn Job>>(8192);
+        std::thread::Builder::new()
+            .name("ringfence-sqlite-writer".into())
+            .spawn(move || run(conn, rx))
+            .expect("spawn the SQLite writer thread");
+        Self { tx }
+    }
+
+    /// Runs `f` inside the next group-committed transaction and returns its result
+    /// once committed.
+    pub async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job = Box::new(TypedJob { f: Some(f), out: None, reply });
+        self.tx
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Unavailable("SQLite writer stopped".into()))?;
+        rx.await.map_err(|_| StoreError::Unavailable("SQLite writer stopped".into()))?
+    }
+}
+
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>) {
+    let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let committed = run_batch(&conn, &mut batch);
+        if let Err(e) = &committed {
+            tracing::error!(error = %e, jobs = batch.len(), "SQLite batch failed");
+        }
+        for job in batch.drain(..) {
+            job.finish(committed.clone());
+        }
+    }
+}
+
+fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), String> {
+    exec(conn, "BEGIN IMMEDIATE").map_err(|e| e.to_string())?;
+    let result = (|| {
+        for job in batch.iter_mut() {
+            exec(conn, "SAVEPOINT job")?;
+            // A panicking job is a bug; it must not take the writer (and every later
+            // request) down with it, so it is rolled back like a failed job.
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run(conn))).unwrap_or(false);
+            if ok {
+                exec(conn, "RELEASE job")?;
+            } else {
+                exec(conn, "ROLLBACK TO job")?;
+                exec(conn, "RELEASE job")?;
+            }
+        }
+        exec(conn, "COMMIT")
+    })();
+    result.map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        e.to_string()
+    })
+}
