@@ -3,8 +3,12 @@
 //!
 //! The modules are named after what the product does; see `docs/architecture.md`.
 
+pub mod app;
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod crypto;
+pub mod delivery;
+pub mod http;
 pub mod store;
 pub mod verify;

@@ -59,7 +59,11 @@ impl Keyring {
         let blind = keys.pop().expect("three keys");
         let kek = keys.pop().expect("three keys");
         Ok((
-            Self { kek: Kek::new(kek), blind: BlindIndexer::new(blind), codes: CodeHasher::new(pepper) },
+            Self {
+                kek: Kek::new(kek),
+                blind: BlindIndexer::new(blind),
+                codes: CodeHasher::new(pepper),
+            },
             report,
         ))
     }
@@ -78,10 +82,12 @@ fn decode(name: &str, text: &str, origin: &str) -> anyhow::Result<KeyBytes> {
     let raw = B64
         .decode(text.trim())
         .map_err(|_| anyhow::anyhow!("{name} from {origin} is not valid base64"))?;
-    let bytes: [u8; 32] = raw
-        .as_slice()
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("{name} from {origin} must be 32 bytes (base64), got {}", raw.len()))?;
+    let bytes: [u8; 32] = raw.as_slice().try_into().map_err(|_| {
+        anyhow::anyhow!(
+            "{name} from {origin} must be 32 bytes (base64), got {}",
+            raw.len()
+        )
+    })?;
     Ok(KeyBytes::from_bytes(bytes))
 }
 
@@ -104,7 +110,10 @@ fn load_one(
     }
     let path = data_dir.join("secrets").join(name);
     match std::fs::read_to_string(&path) {
-        Ok(text) => Ok((decode(name, &text, &path.display().to_string())?, SecretSource::File(path))),
+        Ok(text) => Ok((
+            decode(name, &text, &path.display().to_string())?,
+            SecretSource::File(path),
+        )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && allow_generate => {
             let key = KeyBytes::generate();
             write_secret(&path, &B64.encode(key.expose()))?;
@@ -148,15 +157,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let none = |_: &str| None;
         let (a, report) = Keyring::load(dir.path(), &none, true).unwrap();
-        assert!(report.iter().all(|(_, s)| matches!(s, SecretSource::Generated(_))));
+        assert!(report
+            .iter()
+            .all(|(_, s)| matches!(s, SecretSource::Generated(_))));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("secrets/kek")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join("secrets/kek"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let (b, report) = Keyring::load(dir.path(), &none, false).unwrap();
-        assert!(report.iter().all(|(_, s)| matches!(s, SecretSource::File(_))));
+        assert!(report
+            .iter()
+            .all(|(_, s)| matches!(s, SecretSource::File(_))));
         assert_eq!(a.blind.index("+15551234567"), b.blind.index("+15551234567"));
     }
 
@@ -169,10 +185,14 @@ mod tests {
             "RINGFENCE_BLIND_INDEX_KEY" => Some("not base64!".into()),
             _ => None,
         };
-        let err = Keyring::load(dir.path(), &env, true).unwrap_err().to_string();
+        let err = Keyring::load(dir.path(), &env, true)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("RINGFENCE_BLIND_INDEX_KEY"), "{err}");
         let none = |_: &str| None;
-        let err = Keyring::load(dir.path(), &none, false).unwrap_err().to_string();
+        let err = Keyring::load(dir.path(), &none, false)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("RINGFENCE_KEK"), "{err}");
     }
 }

@@ -69,7 +69,13 @@ fn seal(key: &KeyBytes, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
     let mut nonce = [0u8; NONCE_LEN];
     OsRng.fill_bytes(&mut nonce);
     let ct = cipher
-        .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
         .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
     let mut out = Vec::with_capacity(1 + NONCE_LEN + ct.len());
     out.push(CIPHERTEXT_V1);
@@ -86,7 +92,10 @@ fn open(key: &KeyBytes, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoErro
     cipher
         .decrypt(
             XNonce::from_slice(&sealed[1..1 + NONCE_LEN]),
-            Payload { msg: &sealed[1 + NONCE_LEN..], aad },
+            Payload {
+                msg: &sealed[1 + NONCE_LEN..],
+                aad,
+            },
         )
         .map_err(|_| CryptoError::Decrypt)
 }
@@ -107,7 +116,10 @@ impl Kek {
 
     pub fn unwrap_key(&self, wrapped: &[u8], aad: &[u8]) -> Result<DataKey, CryptoError> {
         let mut raw = open(&self.0, wrapped, aad)?;
-        let bytes: [u8; 32] = raw.as_slice().try_into().map_err(|_| CryptoError::Decrypt)?;
+        let bytes: [u8; 32] = raw
+            .as_slice()
+            .try_into()
+            .map_err(|_| CryptoError::Decrypt)?;
         raw.zeroize();
         Ok(DataKey(KeyBytes(bytes)))
     }
@@ -162,7 +174,8 @@ impl BlindIndexer {
     }
 
     pub fn index(&self, e164: &str) -> BlindIndex {
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(self.0.expose()).expect("HMAC takes any key length");
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(self.0.expose())
+            .expect("HMAC takes any key length");
         mac.update(e164.as_bytes());
         BlindIndex(mac.finalize().into_bytes().into())
     }
@@ -178,7 +191,8 @@ impl CodeHasher {
     }
 
     pub fn hash(&self, verification_id: &str, code: &str) -> [u8; 32] {
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(self.0.expose()).expect("HMAC takes any key length");
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(self.0.expose())
+            .expect("HMAC takes any key length");
         mac.update(verification_id.as_bytes());
         mac.update(b"\x00");
         mac.update(code.as_bytes());
@@ -204,7 +218,9 @@ pub struct NewApiKey {
 
 impl std::fmt::Debug for NewApiKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewApiKey").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("NewApiKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -216,7 +232,11 @@ pub fn generate_api_key() -> NewApiKey {
     let id = hex::encode(id);
     let secret = hex::encode(secret);
     let secret_hash = Sha256::digest(secret.as_bytes()).into();
-    NewApiKey { key: format!("{API_KEY_PREFIX}{id}_{secret}"), id, secret_hash }
+    NewApiKey {
+        key: format!("{API_KEY_PREFIX}{id}_{secret}"),
+        id,
+        secret_hash,
+    }
 }
 
 /// Splits a presented key into its id and the SHA-256 of its secret part.
@@ -257,7 +277,10 @@ mod tests {
         let back = kek.unwrap_key(&wrapped, b"owner-1").unwrap();
         let sealed = back.seal(b"+447700900123", b"phone");
         assert_eq!(dk.open(&sealed, b"phone").unwrap(), b"+447700900123");
-        assert_eq!(kek.unwrap_key(&wrapped, b"owner-2").unwrap_err(), CryptoError::Decrypt);
+        assert_eq!(
+            kek.unwrap_key(&wrapped, b"owner-2").unwrap_err(),
+            CryptoError::Decrypt
+        );
         let other = Kek::new(KeyBytes::generate());
         assert!(other.unwrap_key(&wrapped, b"owner-1").is_err());
         assert!(dk.open(&sealed, b"other-aad").is_err());

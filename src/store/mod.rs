@@ -136,7 +136,10 @@ pub struct StartCmd {
 
 #[derive(Debug)]
 pub enum StartOutcome {
-    Started { verification: VerificationRow, resent: bool },
+    Started {
+        verification: VerificationRow,
+        resent: bool,
+    },
     /// An earlier request with the same idempotency key created this verification.
     Replayed(VerificationRow),
     /// The idempotency key was used before with a different request.
@@ -183,11 +186,18 @@ pub struct VerificationDetails {
     pub sends: Vec<SendAttempt>,
 }
 
+/// A verification after a check, with its subject's sealed number for the response.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub row: VerificationRow,
+    pub subject: SubjectSecrets,
+}
+
 #[derive(Debug)]
 pub enum CheckOutcome {
-    Approved(VerificationRow),
-    Wrong { row: VerificationRow, attempts_left: u32 },
-    Refused { row: VerificationRow, why: VerifyError },
+    Approved(Checked),
+    Wrong { v: Checked, attempts_left: u32 },
+    Refused { v: Checked, why: VerifyError },
     NotFound,
 }
 
@@ -208,7 +218,10 @@ pub struct BindingRow {
 
 #[derive(Debug)]
 pub enum BindOutcome {
-    Bound { binding: BindingRow, replaced: bool },
+    Bound {
+        binding: BindingRow,
+        replaced: bool,
+    },
     VerificationNotFound,
     NotApproved,
     /// Approved too long ago to bind now.
@@ -250,30 +263,59 @@ pub trait Store: Send + Sync + 'static {
 
     async fn create_api_key(&self, key: ApiKeyRecord) -> StoreResult<()>;
     async fn get_api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>>;
+    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>>;
+    /// Revokes a key; `false` if there is no such active key.
+    async fn revoke_api_key(&self, id: &str, now: Millis) -> StoreResult<bool>;
 
     /// Creates a service; `Conflict("service_name")` if the name is taken.
     async fn create_service(&self, rec: ServiceRecord) -> StoreResult<()>;
     /// Finds a service by id or by name.
     async fn get_service(&self, id_or_name: &str) -> StoreResult<Option<ServiceRecord>>;
     async fn list_services(&self) -> StoreResult<Vec<ServiceRecord>>;
-    async fn update_service(&self, id: &str, config: ServiceConfig, now: Millis) -> StoreResult<Option<ServiceRecord>>;
+    async fn update_service(
+        &self,
+        id: &str,
+        config: ServiceConfig,
+        now: Millis,
+    ) -> StoreResult<Option<ServiceRecord>>;
 
     async fn find_subject(&self, bi: &BlindIndex) -> StoreResult<Option<SubjectSecrets>>;
 
     async fn start_verification(&self, cmd: StartCmd) -> StoreResult<StartOutcome>;
-    async fn check_verification(&self, id: &str, code: OtpCode, now: Millis) -> StoreResult<CheckOutcome>;
+    async fn check_verification(
+        &self,
+        id: &str,
+        code: OtpCode,
+        now: Millis,
+    ) -> StoreResult<CheckOutcome>;
     async fn get_verification(&self, id: &str) -> StoreResult<Option<VerificationDetails>>;
     /// The id of the pending verification of a number on a service, if any.
-    async fn find_pending(&self, bi: &BlindIndex, service_id: &str, now: Millis) -> StoreResult<Option<String>>;
+    async fn find_pending(
+        &self,
+        bi: &BlindIndex,
+        service_id: &str,
+        now: Millis,
+    ) -> StoreResult<Option<String>>;
     async fn cancel_verification(&self, id: &str, now: Millis) -> StoreResult<CancelOutcome>;
 
-    async fn bind_account(&self, account_ref: &str, verification_id: &str, now: Millis, window_ms: i64) -> StoreResult<BindOutcome>;
+    async fn bind_account(
+        &self,
+        account_ref: &str,
+        verification_id: &str,
+        now: Millis,
+        window_ms: i64,
+    ) -> StoreResult<BindOutcome>;
     async fn get_binding(&self, account_ref: &str) -> StoreResult<Option<BindingRow>>;
     async fn unbind_account(&self, account_ref: &str, now: Millis) -> StoreResult<bool>;
 
     /// Claims up to `limit` due messages for `lease_ms`; messages past their code's
     /// expiry are marked expired and their content erased instead.
-    async fn claim_outbox(&self, now: Millis, limit: u32, lease_ms: i64) -> StoreResult<OutboxClaim>;
+    async fn claim_outbox(
+        &self,
+        now: Millis,
+        limit: u32,
+        lease_ms: i64,
+    ) -> StoreResult<OutboxClaim>;
     async fn finish_outbox(&self, id: i64, result: DeliveryResult, now: Millis) -> StoreResult<()>;
     /// When the next queued message falls due, if any.
     async fn next_outbox_due(&self) -> StoreResult<Option<Millis>>;

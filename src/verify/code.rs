@@ -20,7 +20,11 @@ impl OtpCode {
     pub fn generate(len: u8) -> Self {
         let len = usize::from(len).clamp(MIN_LEN, MAX_LEN);
         let mut rng = OsRng;
-        Self((0..len).map(|_| char::from(b'0' + rng.gen_range(0..10u8))).collect())
+        Self(
+            (0..len)
+                .map(|_| char::from(b'0' + rng.gen_range(0..10u8)))
+                .collect(),
+        )
     }
 
     /// Accepts what a person may type: digits only, 4 to 10 of them.
@@ -70,7 +74,10 @@ mod tests {
             }
         }
         let expected = 6_000.0;
-        let chi2: f64 = counts.iter().map(|&c| (f64::from(c) - expected).powi(2) / expected).sum();
+        let chi2: f64 = counts
+            .iter()
+            .map(|&c| (f64::from(c) - expected).powi(2) / expected)
+            .sum();
         assert!(chi2 < 27.88, "chi2 = {chi2}, counts = {counts:?}");
     }
 
@@ -81,6 +88,9 @@ mod tests {
         assert!(OtpCode::parse("12345678901").is_none());
         assert!(OtpCode::parse("12 456").is_none());
         assert!(OtpCode::parse("١٢٣٤٥٦").is_none());
-        assert_eq!(format!("{:?}", OtpCode::parse("123456").unwrap()), "OtpCode(<redacted>)");
+        assert_eq!(
+            format!("{:?}", OtpCode::parse("123456").unwrap()),
+            "OtpCode(<redacted>)"
+        );
     }
 }

@@ -132,20 +132,28 @@ pub fn plan_start(
     now: Millis,
 ) -> Result<StartPlan, VerifyError> {
     if let Some(until) = locked_until.filter(|&u| u > now) {
-        return Err(VerifyError::LockedOut { retry_after_ms: until - now });
+        return Err(VerifyError::LockedOut {
+            retry_after_ms: until - now,
+        });
     }
     let Some(p) = pending else {
-        return Ok(StartPlan::New { expire_stale: false });
+        return Ok(StartPlan::New {
+            expire_stale: false,
+        });
     };
     if now >= p.expires_at {
         return Ok(StartPlan::New { expire_stale: true });
     }
     if p.sends >= cfg.max_sends {
-        return Err(VerifyError::MaxSendsReached { retry_after_ms: p.expires_at - now });
+        return Err(VerifyError::MaxSendsReached {
+            retry_after_ms: p.expires_at - now,
+        });
     }
     let ready_at = p.last_sent_at + i64::from(cfg.resend_cooldown_seconds) * 1000;
     if now < ready_at {
-        return Err(VerifyError::ResendCooldown { retry_after_ms: ready_at - now });
+        return Err(VerifyError::ResendCooldown {
+            retry_after_ms: ready_at - now,
+        });
     }
     Ok(StartPlan::Resend)
 }
@@ -164,18 +172,28 @@ pub struct CheckState {
 pub enum CheckPlan {
     Approve,
     /// Wrong code; `attempts_left` more may be tried.
-    Wrong { attempts_left: u32 },
+    Wrong {
+        attempts_left: u32,
+    },
     /// Wrong code and that was the last attempt: lock the number out until `locked_until`.
-    Exhausted { locked_until: Millis },
+    Exhausted {
+        locked_until: Millis,
+    },
     /// Past expiry: record it and refuse.
     Expire,
 }
 
 /// Decides what a check does. `code_matches` was computed in constant time before.
-pub fn plan_check(s: &CheckState, code_matches: bool, now: Millis) -> Result<CheckPlan, VerifyError> {
+pub fn plan_check(
+    s: &CheckState,
+    code_matches: bool,
+    now: Millis,
+) -> Result<CheckPlan, VerifyError> {
     match s.status {
         Status::Pending => {}
-        Status::MaxAttemptsReached => return Err(VerifyError::MaxAttemptsReached { retry_after_ms: 0 }),
+        Status::MaxAttemptsReached => {
+            return Err(VerifyError::MaxAttemptsReached { retry_after_ms: 0 })
+        }
         Status::Expired => return Err(VerifyError::Expired),
         other => return Err(VerifyError::NotPending(other)),
     }
@@ -192,9 +210,13 @@ pub fn plan_check(s: &CheckState, code_matches: bool, now: Millis) -> Result<Che
     }
     let used = s.attempts + 1;
     if used >= s.max_attempts {
-        Ok(CheckPlan::Exhausted { locked_until: now + i64::from(s.lockout_seconds) * 1000 })
+        Ok(CheckPlan::Exhausted {
+            locked_until: now + i64::from(s.lockout_seconds) * 1000,
+        })
     } else {
-        Ok(CheckPlan::Wrong { attempts_left: s.max_attempts - used })
+        Ok(CheckPlan::Wrong {
+            attempts_left: s.max_attempts - used,
+        })
     }
 }
 
@@ -208,50 +230,111 @@ mod tests {
 
     #[test]
     fn start_without_pending_creates() {
-        assert_eq!(plan_start(None, None, &cfg(), 0), Ok(StartPlan::New { expire_stale: false }));
+        assert_eq!(
+            plan_start(None, None, &cfg(), 0),
+            Ok(StartPlan::New {
+                expire_stale: false
+            })
+        );
     }
 
     #[test]
     fn resend_respects_cooldown_then_max_sends() {
         let c = cfg();
-        let p = PendingState { expires_at: 600_000, sends: 1, last_sent_at: 0 };
+        let p = PendingState {
+            expires_at: 600_000,
+            sends: 1,
+            last_sent_at: 0,
+        };
         assert_eq!(
             plan_start(Some(&p), None, &c, 10_000),
-            Err(VerifyError::ResendCooldown { retry_after_ms: 20_000 })
+            Err(VerifyError::ResendCooldown {
+                retry_after_ms: 20_000
+            })
         );
-        assert_eq!(plan_start(Some(&p), None, &c, 30_000), Ok(StartPlan::Resend));
-        let full = PendingState { sends: c.max_sends, ..p };
+        assert_eq!(
+            plan_start(Some(&p), None, &c, 30_000),
+            Ok(StartPlan::Resend)
+        );
+        let full = PendingState {
+            sends: c.max_sends,
+            ..p
+        };
         assert_eq!(
             plan_start(Some(&full), None, &c, 30_000),
-            Err(VerifyError::MaxSendsReached { retry_after_ms: 570_000 })
+            Err(VerifyError::MaxSendsReached {
+                retry_after_ms: 570_000
+            })
         );
-        assert_eq!(plan_start(Some(&full), None, &c, 600_000), Ok(StartPlan::New { expire_stale: true }));
+        assert_eq!(
+            plan_start(Some(&full), None, &c, 600_000),
+            Ok(StartPlan::New { expire_stale: true })
+        );
     }
 
     #[test]
     fn lockout_refuses_until_it_ends() {
         let c = cfg();
-        assert_eq!(plan_start(None, Some(5_000), &c, 1_000), Err(VerifyError::LockedOut { retry_after_ms: 4_000 }));
-        assert_eq!(plan_start(None, Some(5_000), &c, 5_000), Ok(StartPlan::New { expire_stale: false }));
+        assert_eq!(
+            plan_start(None, Some(5_000), &c, 1_000),
+            Err(VerifyError::LockedOut {
+                retry_after_ms: 4_000
+            })
+        );
+        assert_eq!(
+            plan_start(None, Some(5_000), &c, 5_000),
+            Ok(StartPlan::New {
+                expire_stale: false
+            })
+        );
     }
 
     #[test]
     fn check_counts_down_and_locks_out_on_the_last_wrong_code() {
-        let mut s = CheckState { status: Status::Pending, expires_at: 100, attempts: 0, max_attempts: 3, lockout_seconds: 60 };
-        assert_eq!(plan_check(&s, false, 0), Ok(CheckPlan::Wrong { attempts_left: 2 }));
+        let mut s = CheckState {
+            status: Status::Pending,
+            expires_at: 100,
+            attempts: 0,
+            max_attempts: 3,
+            lockout_seconds: 60,
+        };
+        assert_eq!(
+            plan_check(&s, false, 0),
+            Ok(CheckPlan::Wrong { attempts_left: 2 })
+        );
         s.attempts = 2;
-        assert_eq!(plan_check(&s, false, 0), Ok(CheckPlan::Exhausted { locked_until: 60_000 }));
+        assert_eq!(
+            plan_check(&s, false, 0),
+            Ok(CheckPlan::Exhausted {
+                locked_until: 60_000
+            })
+        );
         s.attempts = 3;
-        assert!(plan_check(&s, true, 0).is_err(), "never approve past the limit");
+        assert!(
+            plan_check(&s, true, 0).is_err(),
+            "never approve past the limit"
+        );
     }
 
     #[test]
     fn check_refuses_expired_and_finished() {
-        let s = CheckState { status: Status::Pending, expires_at: 100, attempts: 0, max_attempts: 3, lockout_seconds: 60 };
+        let s = CheckState {
+            status: Status::Pending,
+            expires_at: 100,
+            attempts: 0,
+            max_attempts: 3,
+            lockout_seconds: 60,
+        };
         assert_eq!(plan_check(&s, true, 100), Ok(CheckPlan::Expire));
         assert_eq!(plan_check(&s, true, 99), Ok(CheckPlan::Approve));
-        let done = CheckState { status: Status::Approved, ..s };
-        assert_eq!(plan_check(&done, true, 0), Err(VerifyError::NotPending(Status::Approved)));
+        let done = CheckState {
+            status: Status::Approved,
+            ..s
+        };
+        assert_eq!(
+            plan_check(&done, true, 0),
+            Err(VerifyError::NotPending(Status::Approved))
+        );
     }
 
     #[test]

@@ -72,7 +72,10 @@ pub struct ConfigError {
 }
 
 fn err(field: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError { field, reason: reason.into() }
+    ConfigError {
+        field,
+        reason: reason.into(),
+    }
 }
 
 impl ServiceConfig {
@@ -124,11 +127,20 @@ impl ServiceConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let name_ok = (1..=64).contains(&self.name.len())
-            && self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !name_ok {
-            return Err(err("name", "1 to 64 characters of a-z, A-Z, 0-9, '-' and '_'"));
+            return Err(err(
+                "name",
+                "1 to 64 characters of a-z, A-Z, 0-9, '-' and '_'",
+            ));
         }
-        if self.friendly_name.is_empty() || self.friendly_name.chars().count() > 64 || has_control(&self.friendly_name) {
+        if self.friendly_name.is_empty()
+            || self.friendly_name.chars().count() > 64
+            || has_control(&self.friendly_name)
+        {
             return Err(err("friendly_name", "1 to 64 printable characters"));
         }
         if !(4..=10).contains(&self.code_length) {
@@ -157,10 +169,16 @@ impl ServiceConfig {
         }
         for (locale, t) in &self.templates {
             if !valid_locale(locale) {
-                return Err(err("templates", "keys are language tags such as en or pt-BR"));
+                return Err(err(
+                    "templates",
+                    "keys are language tags such as en or pt-BR",
+                ));
             }
             if !t.contains("{code}") || t.chars().count() > 480 || has_control_except_newline(t) {
-                return Err(err("templates", "each template contains {code}, at most 480 printable characters"));
+                return Err(err(
+                    "templates",
+                    "each template contains {code}, at most 480 printable characters",
+                ));
             }
         }
         if !self.templates.contains_key(&self.default_locale) {
@@ -169,22 +187,33 @@ impl ServiceConfig {
         if let Some(d) = &self.webotp_domain {
             let ok = (1..=253).contains(&d.len())
                 && d.split('.').all(|l| {
-                    !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 });
             if !ok {
                 return Err(err("webotp_domain", "a host name such as example.com"));
             }
         }
         if let Some(h) = &self.android_app_hash {
-            if h.len() != 11 || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/') {
-                return Err(err("android_app_hash", "the 11-character app hash of the SMS Retriever API"));
+            if h.len() != 11
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+            {
+                return Err(err(
+                    "android_app_hash",
+                    "the 11-character app hash of the SMS Retriever API",
+                ));
             }
         }
         if self.test_numbers.len() > 100 {
             return Err(err("test_numbers", "at most 100"));
         }
         for t in &self.test_numbers {
-            if t.code.len() != usize::from(self.code_length) || !t.code.bytes().all(|b| b.is_ascii_digit()) {
+            if t.code.len() != usize::from(self.code_length)
+                || !t.code.bytes().all(|b| b.is_ascii_digit())
+            {
                 return Err(err("test_numbers", "each code has code_length digits"));
             }
         }
@@ -197,7 +226,10 @@ impl ServiceConfig {
 
     /// The test-number entry for a blind index (hex), if the number is one.
     pub fn test_code_for(&self, blind_index_hex: &str) -> Option<&str> {
-        self.test_numbers.iter().find(|t| t.blind_index == blind_index_hex).map(|t| t.code.as_str())
+        self.test_numbers
+            .iter()
+            .find(|t| t.blind_index == blind_index_hex)
+            .map(|t| t.code.as_str())
     }
 
     /// The template for a requested locale: exact tag, then its language, then the
@@ -212,7 +244,11 @@ impl ServiceConfig {
                 return (k, t);
             }
         }
-        let t = self.templates.get(&self.default_locale).map(String::as_str).unwrap_or(DEFAULT_TEMPLATE);
+        let t = self
+            .templates
+            .get(&self.default_locale)
+            .map(String::as_str)
+            .unwrap_or(DEFAULT_TEMPLATE);
         (&self.default_locale, t)
     }
 
@@ -229,7 +265,11 @@ impl ServiceConfig {
             body.push_str(h);
         }
         if let Some(d) = &self.webotp_domain {
-            body.push_str(if self.android_app_hash.is_some() { "\n" } else { "\n\n" });
+            body.push_str(if self.android_app_hash.is_some() {
+                "\n"
+            } else {
+                "\n\n"
+            });
             body.push_str(&format!("@{d} #{code}"));
         }
         body
@@ -249,7 +289,9 @@ pub fn valid_locale(s: &str) -> bool {
     let mut parts = s.split(['-', '_']);
     let lang = parts.next().unwrap_or("");
     let lang_ok = (2..=3).contains(&lang.len()) && lang.bytes().all(|b| b.is_ascii_alphabetic());
-    lang_ok && parts.all(|p| (2..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric())) && s.len() <= 20
+    lang_ok
+        && parts.all(|p| (2..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+        && s.len() <= 20
 }
 
 #[cfg(test)]
@@ -264,13 +306,26 @@ mod tests {
     #[test]
     fn patch_validates_and_names_the_field() {
         let c = ServiceConfig::default_named("s");
-        let e = c.apply(ServicePatch { code_length: Some(11), ..Default::default() }).unwrap_err();
+        let e = c
+            .apply(ServicePatch {
+                code_length: Some(11),
+                ..Default::default()
+            })
+            .unwrap_err();
         assert_eq!(e.field, "code_length");
         let e = c
-            .apply(ServicePatch { templates: Some(BTreeMap::from([("en".into(), "no code".into())])), ..Default::default() })
+            .apply(ServicePatch {
+                templates: Some(BTreeMap::from([("en".into(), "no code".into())])),
+                ..Default::default()
+            })
             .unwrap_err();
         assert_eq!(e.field, "templates");
-        let ok = c.apply(ServicePatch { max_sends: Some(3), ..Default::default() }).unwrap();
+        let ok = c
+            .apply(ServicePatch {
+                max_sends: Some(3),
+                ..Default::default()
+            })
+            .unwrap();
         assert_eq!(ok.max_sends, 3);
     }
 
@@ -278,9 +333,13 @@ mod tests {
     fn renders_template_with_webotp_last() {
         let mut c = ServiceConfig::default_named("acme");
         c.friendly_name = "Acme".into();
-        c.templates.insert("fr".into(), "Votre code {service} : {code}".into());
+        c.templates
+            .insert("fr".into(), "Votre code {service} : {code}".into());
         c.webotp_domain = Some("acme.example".into());
-        assert_eq!(c.render(Some("fr-CA"), "123456"), "Votre code Acme : 123456\n\n@acme.example #123456");
+        assert_eq!(
+            c.render(Some("fr-CA"), "123456"),
+            "Votre code Acme : 123456\n\n@acme.example #123456"
+        );
         c.android_app_hash = Some("FA+9qCX9VSu".into());
         assert_eq!(
             c.render(Some("de"), "123456"),

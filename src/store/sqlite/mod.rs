@@ -33,7 +33,9 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -41,9 +43,12 @@ impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         use rusqlite::ErrorCode;
         match e.sqlite_error_code() {
-            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::DiskFull | ErrorCode::CannotOpen) => {
-                StoreError::Unavailable(e.to_string())
-            }
+            Some(
+                ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::DiskFull
+                | ErrorCode::CannotOpen,
+            ) => StoreError::Unavailable(e.to_string()),
             _ => StoreError::Internal(e.to_string()),
         }
     }
@@ -66,7 +71,11 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
     )?;
-    let current: i64 = conn.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))?;
+    let current: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )?;
     let latest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
     if current > latest {
         anyhow::bail!(
@@ -78,7 +87,10 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
         tx.execute_batch(sql)?;
         tx.execute(
             "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
-            rusqlite::params![version, crate::clock::Clock::now(&crate::clock::SystemClock)],
+            rusqlite::params![
+                version,
+                crate::clock::Clock::now(&crate::clock::SystemClock)
+            ],
         )?;
         tx.commit()?;
         tracing::info!(version, "applied SQLite migration");
@@ -99,7 +111,9 @@ impl SqliteStore {
         for _ in 0..READERS {
             let r = Connection::open_with_flags(
                 path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+                OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | OpenFlags::SQLITE_OPEN_URI,
             )?;
             r.busy_timeout(std::time::Duration::from_secs(5))?;
             r.set_prepared_statement_cache_capacity(64);
@@ -134,12 +148,15 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
-        self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?)).await?;
+        self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await?;
         self.writer.write(|_| Ok(())).await
     }
 
     async fn create_api_key(&self, key: ApiKeyRecord) -> StoreResult<()> {
-        self.writer.write(move |c| ops::create_api_key(c, &key)).await
+        self.writer
+            .write(move |c| ops::create_api_key(c, &key))
+            .await
     }
 
     async fn get_api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
@@ -147,8 +164,21 @@ impl Store for SqliteStore {
         self.read(move |c| ops::get_api_key(c, &id)).await
     }
 
+    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>> {
+        self.read(ops::list_api_keys).await
+    }
+
+    async fn revoke_api_key(&self, id: &str, now: Millis) -> StoreResult<bool> {
+        let id = id.to_owned();
+        self.writer
+            .write(move |c| ops::revoke_api_key(c, &id, now))
+            .await
+    }
+
     async fn create_service(&self, rec: ServiceRecord) -> StoreResult<()> {
-        self.writer.write(move |c| ops::create_service(c, &rec)).await
+        self.writer
+            .write(move |c| ops::create_service(c, &rec))
+            .await
     }
 
     async fn get_service(&self, id_or_name: &str) -> StoreResult<Option<ServiceRecord>> {
@@ -160,9 +190,16 @@ impl Store for SqliteStore {
         self.read(ops::list_services).await
     }
 
-    async fn update_service(&self, id: &str, config: ServiceConfig, now: Millis) -> StoreResult<Option<ServiceRecord>> {
+    async fn update_service(
+        &self,
+        id: &str,
+        config: ServiceConfig,
+        now: Millis,
+    ) -> StoreResult<Option<ServiceRecord>> {
         let id = id.to_owned();
-        self.writer.write(move |c| ops::update_service(c, &id, &config, now)).await
+        self.writer
+            .write(move |c| ops::update_service(c, &id, &config, now))
+            .await
     }
 
     async fn find_subject(&self, bi: &BlindIndex) -> StoreResult<Option<SubjectSecrets>> {
@@ -175,10 +212,17 @@ impl Store for SqliteStore {
         self.writer.write(move |c| ops::start(c, &codes, cmd)).await
     }
 
-    async fn check_verification(&self, id: &str, code: OtpCode, now: Millis) -> StoreResult<CheckOutcome> {
+    async fn check_verification(
+        &self,
+        id: &str,
+        code: OtpCode,
+        now: Millis,
+    ) -> StoreResult<CheckOutcome> {
         let codes = self.codes.clone();
         let id = id.to_owned();
-        self.writer.write(move |c| ops::check(c, &codes, &id, &code, now)).await
+        self.writer
+            .write(move |c| ops::check(c, &codes, &id, &code, now))
+            .await
     }
 
     async fn get_verification(&self, id: &str) -> StoreResult<Option<VerificationDetails>> {
@@ -186,9 +230,15 @@ impl Store for SqliteStore {
         self.read(move |c| ops::get_verification(c, &id)).await
     }
 
-    async fn find_pending(&self, bi: &BlindIndex, service_id: &str, now: Millis) -> StoreResult<Option<String>> {
+    async fn find_pending(
+        &self,
+        bi: &BlindIndex,
+        service_id: &str,
+        now: Millis,
+    ) -> StoreResult<Option<String>> {
         let (bi, service_id) = (*bi, service_id.to_owned());
-        self.read(move |c| ops::find_pending(c, &bi, &service_id, now)).await
+        self.read(move |c| ops::find_pending(c, &bi, &service_id, now))
+            .await
     }
 
     async fn cancel_verification(&self, id: &str, now: Millis) -> StoreResult<CancelOutcome> {
@@ -196,9 +246,17 @@ impl Store for SqliteStore {
         self.writer.write(move |c| ops::cancel(c, &id, now)).await
     }
 
-    async fn bind_account(&self, account_ref: &str, verification_id: &str, now: Millis, window_ms: i64) -> StoreResult<BindOutcome> {
+    async fn bind_account(
+        &self,
+        account_ref: &str,
+        verification_id: &str,
+        now: Millis,
+        window_ms: i64,
+    ) -> StoreResult<BindOutcome> {
         let (a, v) = (account_ref.to_owned(), verification_id.to_owned());
-        self.writer.write(move |c| ops::bind(c, &a, &v, now, window_ms)).await
+        self.writer
+            .write(move |c| ops::bind(c, &a, &v, now, window_ms))
+            .await
     }
 
     async fn get_binding(&self, account_ref: &str) -> StoreResult<Option<BindingRow>> {
@@ -211,12 +269,21 @@ impl Store for SqliteStore {
         self.writer.write(move |c| ops::unbind(c, &a, now)).await
     }
 
-    async fn claim_outbox(&self, now: Millis, limit: u32, lease_ms: i64) -> StoreResult<OutboxClaim> {
-        self.writer.write(move |c| ops::claim_outbox(c, now, limit, lease_ms)).await
+    async fn claim_outbox(
+        &self,
+        now: Millis,
+        limit: u32,
+        lease_ms: i64,
+    ) -> StoreResult<OutboxClaim> {
+        self.writer
+            .write(move |c| ops::claim_outbox(c, now, limit, lease_ms))
+            .await
     }
 
     async fn finish_outbox(&self, id: i64, result: DeliveryResult, now: Millis) -> StoreResult<()> {
-        self.writer.write(move |c| ops::finish_outbox(c, id, &result, now)).await
+        self.writer
+            .write(move |c| ops::finish_outbox(c, id, &result, now))
+            .await
     }
 
     async fn next_outbox_due(&self) -> StoreResult<Option<Millis>> {

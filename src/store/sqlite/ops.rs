@@ -28,21 +28,38 @@ pub fn create_api_key(c: &Connection, k: &ApiKeyRecord) -> StoreResult<()> {
     Ok(())
 }
 
+fn api_key_from(r: &Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
+    let scopes: String = r.get(3)?;
+    Ok(ApiKeyRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        secret_hash: r.get(2)?,
+        scopes: scopes.split(',').filter_map(Scope::parse).collect(),
+        created_at: r.get(4)?,
+        revoked_at: r.get(5)?,
+    })
+}
+
 pub fn get_api_key(c: &Connection, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
+    Ok(c.prepare_cached(
+        "SELECT id, name, secret_hash, scopes, created_at, revoked_at FROM api_keys WHERE id = ?1",
+    )?
+    .query_row([id], api_key_from)
+    .optional()?)
+}
+
+pub fn list_api_keys(c: &Connection) -> StoreResult<Vec<ApiKeyRecord>> {
     Ok(c
-        .prepare_cached("SELECT id, name, secret_hash, scopes, created_at, revoked_at FROM api_keys WHERE id = ?1")?
-        .query_row([id], |r| {
-            let scopes: String = r.get(3)?;
-            Ok(ApiKeyRecord {
-                id: r.get(0)?,
-                name: r.get(1)?,
-                secret_hash: r.get(2)?,
-                scopes: scopes.split(',').filter_map(Scope::parse).collect(),
-                created_at: r.get(4)?,
-                revoked_at: r.get(5)?,
-            })
-        })
-        .optional()?)
+        .prepare_cached("SELECT id, name, secret_hash, scopes, created_at, revoked_at FROM api_keys ORDER BY created_at, id")?
+        .query_map([], api_key_from)?
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+pub fn revoke_api_key(c: &Connection, id: &str, now: Millis) -> StoreResult<bool> {
+    let n = c
+        .prepare_cached("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")?
+        .execute(params![id, now])?;
+    Ok(n == 1)
 }
 
 // ---------------------------------------------------------------- services
@@ -51,10 +68,17 @@ fn service_from_row(r: &Row<'_>) -> rusqlite::Result<(String, String, Millis, Mi
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
 }
 
-fn service_record((id, json, created_at, updated_at): (String, String, Millis, Millis)) -> StoreResult<ServiceRecord> {
-    let config: ServiceConfig =
-        serde_json::from_str(&json).map_err(|e| internal(format!("service {id} has unreadable config: {e}")))?;
-    Ok(ServiceRecord { id, config: Arc::new(config), created_at, updated_at })
+fn service_record(
+    (id, json, created_at, updated_at): (String, String, Millis, Millis),
+) -> StoreResult<ServiceRecord> {
+    let config: ServiceConfig = serde_json::from_str(&json)
+        .map_err(|e| internal(format!("service {id} has unreadable config: {e}")))?;
+    Ok(ServiceRecord {
+        id,
+        config: Arc::new(config),
+        created_at,
+        updated_at,
+    })
 }
 
 pub fn create_service(c: &Connection, s: &ServiceRecord) -> StoreResult<()> {
@@ -66,27 +90,44 @@ pub fn create_service(c: &Connection, s: &ServiceRecord) -> StoreResult<()> {
 }
 
 pub fn get_service(c: &Connection, key: &str) -> StoreResult<Option<ServiceRecord>> {
-    c.prepare_cached("SELECT id, config, created_at, updated_at FROM services WHERE id = ?1 OR name = ?1")?
-        .query_row([key], service_from_row)
-        .optional()?
-        .map(service_record)
-        .transpose()
+    c.prepare_cached(
+        "SELECT id, config, created_at, updated_at FROM services WHERE id = ?1 OR name = ?1",
+    )?
+    .query_row([key], service_from_row)
+    .optional()?
+    .map(service_record)
+    .transpose()
 }
 
 pub fn list_services(c: &Connection) -> StoreResult<Vec<ServiceRecord>> {
     let rows = c
-        .prepare_cached("SELECT id, config, created_at, updated_at FROM services ORDER BY created_at, id")?
+        .prepare_cached(
+            "SELECT id, config, created_at, updated_at FROM services ORDER BY created_at, id",
+        )?
         .query_map([], service_from_row)?
         .collect::<Result<Vec<_>, _>>()?;
     rows.into_iter().map(service_record).collect()
 }
 
-pub fn update_service(c: &Connection, id: &str, cfg: &ServiceConfig, now: Millis) -> StoreResult<Option<ServiceRecord>> {
+pub fn update_service(
+    c: &Connection,
+    id: &str,
+    cfg: &ServiceConfig,
+    now: Millis,
+) -> StoreResult<Option<ServiceRecord>> {
     let json = serde_json::to_string(cfg).map_err(|e| internal(e.to_string()))?;
     let n = c
-        .prepare_cached("UPDATE services SET name = ?2, config = ?3, updated_at = ?4 WHERE id = ?1")?
+        .prepare_cached(
+            "UPDATE services SET name = ?2, config = ?3, updated_at = ?4 WHERE id = ?1",
+        )?
         .execute(params![id, cfg.name, json, now])
-        .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("service_name") } else { StoreError::from(e) })?;
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict("service_name")
+            } else {
+                StoreError::from(e)
+            }
+        })?;
     if n == 0 {
         return Ok(None);
     }
@@ -106,17 +147,19 @@ fn subject_from(r: &Row<'_>, at: usize) -> rusqlite::Result<SubjectSecrets> {
 }
 
 pub fn find_subject(c: &Connection, bi: &BlindIndex) -> StoreResult<Option<SubjectSecrets>> {
-    Ok(c
-        .prepare_cached("SELECT id, blind_index, wrapped_key, phone_ct FROM subjects WHERE blind_index = ?1")?
-        .query_row([&bi.0[..]], |r| subject_from(r, 0))
-        .optional()?)
+    Ok(c.prepare_cached(
+        "SELECT id, blind_index, wrapped_key, phone_ct FROM subjects WHERE blind_index = ?1",
+    )?
+    .query_row([&bi.0[..]], |r| subject_from(r, 0))
+    .optional()?)
 }
 
 fn subject_id(c: &Connection, bi: &BlindIndex) -> StoreResult<Option<i64>> {
-    Ok(c
-        .prepare_cached("SELECT id FROM subjects WHERE blind_index = ?1")?
-        .query_row([&bi.0[..]], |r| r.get(0))
-        .optional()?)
+    Ok(
+        c.prepare_cached("SELECT id FROM subjects WHERE blind_index = ?1")?
+            .query_row([&bi.0[..]], |r| r.get(0))
+            .optional()?,
+    )
 }
 
 // ---------------------------------------------------------------- verifications
@@ -150,14 +193,16 @@ fn verification_from(r: &Row<'_>) -> rusqlite::Result<VerificationRow> {
 }
 
 fn load_verification(c: &Connection, id: &str) -> StoreResult<Option<VerificationRow>> {
-    Ok(c
-        .prepare_cached(&format!("SELECT {VERIFICATION_COLUMNS} FROM verifications v WHERE v.id = ?1"))?
-        .query_row([id], verification_from)
-        .optional()?)
+    Ok(c.prepare_cached(&format!(
+        "SELECT {VERIFICATION_COLUMNS} FROM verifications v WHERE v.id = ?1"
+    ))?
+    .query_row([id], verification_from)
+    .optional()?)
 }
 
 fn load_verification_required(c: &Connection, id: &str) -> StoreResult<VerificationRow> {
-    load_verification(c, id)?.ok_or_else(|| internal(format!("verification {id} vanished inside its transaction")))
+    load_verification(c, id)?
+        .ok_or_else(|| internal(format!("verification {id} vanished inside its transaction")))
 }
 
 /// Marks a pending verification that has run out of time as expired, erasing its code
@@ -170,7 +215,12 @@ fn expire(c: &Connection, id: &str, now: Millis) -> StoreResult<()> {
     end_queued_messages(c, id, "expired", now)
 }
 
-fn end_queued_messages(c: &Connection, verification_id: &str, status: &str, now: Millis) -> StoreResult<()> {
+fn end_queued_messages(
+    c: &Connection,
+    verification_id: &str,
+    status: &str,
+    now: Millis,
+) -> StoreResult<()> {
     c.prepare_cached(
         "UPDATE outbox SET status = ?2, payload = NULL, lease_until = NULL, updated_at = ?3
          WHERE verification_id = ?1 AND status IN ('queued', 'sending', 'retry')",
@@ -179,7 +229,14 @@ fn end_queued_messages(c: &Connection, verification_id: &str, status: &str, now:
     Ok(())
 }
 
-fn enqueue(c: &Connection, verification_id: &str, subject_id: i64, cmd: &StartCmd, payload: &[u8], not_after: Millis) -> StoreResult<()> {
+fn enqueue(
+    c: &Connection,
+    verification_id: &str,
+    subject_id: i64,
+    cmd: &StartCmd,
+    payload: &[u8],
+    not_after: Millis,
+) -> StoreResult<()> {
     c.prepare_cached(
         "INSERT INTO outbox (verification_id, subject_id, channel, payload, status, next_attempt_at, not_after, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?5, ?5)",
@@ -227,11 +284,23 @@ pub fn start(c: &Connection, codes: &CodeHasher, cmd: StartCmd) -> StoreResult<S
              WHERE subject_id = ?1 AND service_id = ?2 AND status = 'pending'",
         )?
         .query_row(params![subject_id, cmd.service_id], |r| {
-            Ok((r.get(0)?, PendingState { expires_at: r.get(1)?, sends: r.get(2)?, last_sent_at: r.get(3)? }))
+            Ok((
+                r.get(0)?,
+                PendingState {
+                    expires_at: r.get(1)?,
+                    sends: r.get(2)?,
+                    last_sent_at: r.get(3)?,
+                },
+            ))
         })
         .optional()?;
 
-    let plan = match verify::plan_start(pending.as_ref().map(|p| &p.1), locked_until, &cmd.config, now) {
+    let plan = match verify::plan_start(
+        pending.as_ref().map(|p| &p.1),
+        locked_until,
+        &cmd.config,
+        now,
+    ) {
         Ok(plan) => plan,
         Err(why) => return Ok(StartOutcome::Refused(why)),
     };
@@ -292,20 +361,36 @@ pub fn start(c: &Connection, codes: &CodeHasher, cmd: StartCmd) -> StoreResult<S
         )?
         .execute(params![idem.api_key_id, idem.key, &idem.fingerprint[..], id, now])?;
     }
-    Ok(StartOutcome::Started { verification: load_verification_required(c, &id)?, resent })
+    Ok(StartOutcome::Started {
+        verification: load_verification_required(c, &id)?,
+        resent,
+    })
 }
 
-pub fn check(c: &Connection, codes: &CodeHasher, id: &str, code: &OtpCode, now: Millis) -> StoreResult<CheckOutcome> {
-    let loaded: Option<(VerificationRow, Option<Vec<u8>>, i64)> = c
+pub fn check(
+    c: &Connection,
+    codes: &CodeHasher,
+    id: &str,
+    code: &OtpCode,
+    now: Millis,
+) -> StoreResult<CheckOutcome> {
+    let loaded: Option<(VerificationRow, SubjectSecrets, Option<Vec<u8>>, i64)> = c
         .prepare_cached(&format!(
-            "SELECT {VERIFICATION_COLUMNS}, v.code_hash, v.lockout_ms FROM verifications v WHERE v.id = ?1"
+            "SELECT {VERIFICATION_COLUMNS}, s.id, s.blind_index, s.wrapped_key, s.phone_ct, v.code_hash, v.lockout_ms
+             FROM verifications v JOIN subjects s ON s.id = v.subject_id WHERE v.id = ?1"
         ))?
-        .query_row([id], |r| Ok((verification_from(r)?, r.get(17)?, r.get(18)?)))
+        .query_row([id], |r| Ok((verification_from(r)?, subject_from(r, 17)?, r.get(21)?, r.get(22)?)))
         .optional()?;
-    let Some((row, hash, lockout_ms)) = loaded else {
+    let Some((row, subject, hash, lockout_ms)) = loaded else {
         return Ok(CheckOutcome::NotFound);
     };
-    let matches = hash.as_deref().is_some_and(|h| codes.matches(id, code.expose(), h));
+    let checked = |row: VerificationRow| Checked {
+        row,
+        subject: subject.clone(),
+    };
+    let matches = hash
+        .as_deref()
+        .is_some_and(|h| codes.matches(id, code.expose(), h));
     let state = CheckState {
         status: row.status,
         expires_at: row.expires_at,
@@ -319,14 +404,21 @@ pub fn check(c: &Connection, codes: &CodeHasher, id: &str, code: &OtpCode, now: 
             let why = match why {
                 verify::VerifyError::MaxAttemptsReached { .. } => {
                     let until: Option<Millis> = c
-                        .prepare_cached("SELECT until FROM lockouts WHERE subject_id = ?1 AND service_id = ?2")?
+                        .prepare_cached(
+                            "SELECT until FROM lockouts WHERE subject_id = ?1 AND service_id = ?2",
+                        )?
                         .query_row(params![row.subject_id, row.service_id], |r| r.get(0))
                         .optional()?;
-                    verify::VerifyError::MaxAttemptsReached { retry_after_ms: until.map_or(0, |u| (u - now).max(0)) }
+                    verify::VerifyError::MaxAttemptsReached {
+                        retry_after_ms: until.map_or(0, |u| (u - now).max(0)),
+                    }
                 }
                 other => other,
             };
-            return Ok(CheckOutcome::Refused { row, why });
+            return Ok(CheckOutcome::Refused {
+                v: checked(row),
+                why,
+            });
         }
     };
     match plan {
@@ -339,12 +431,15 @@ pub fn check(c: &Connection, codes: &CodeHasher, id: &str, code: &OtpCode, now: 
                      WHERE id = ?1 AND status = 'pending' AND expires_at > ?2 AND attempts < max_attempts",
                 )?
                 .execute(params![id, now])?;
+            let row = load_verification_required(c, id)?;
             if n != 1 {
-                let row = load_verification_required(c, id)?;
-                return Ok(CheckOutcome::Refused { why: verify::VerifyError::NotPending(row.status), row });
+                return Ok(CheckOutcome::Refused {
+                    why: verify::VerifyError::NotPending(row.status),
+                    v: checked(row),
+                });
             }
             end_queued_messages(c, id, "canceled", now)?;
-            Ok(CheckOutcome::Approved(load_verification_required(c, id)?))
+            Ok(CheckOutcome::Approved(checked(row)))
         }
         CheckPlan::Wrong { .. } | CheckPlan::Exhausted { .. } => {
             let n = c
@@ -357,7 +452,10 @@ pub fn check(c: &Connection, codes: &CodeHasher, id: &str, code: &OtpCode, now: 
                 .execute(params![id, now])?;
             let row = load_verification_required(c, id)?;
             if n != 1 {
-                return Ok(CheckOutcome::Refused { why: verify::VerifyError::NotPending(row.status), row });
+                return Ok(CheckOutcome::Refused {
+                    why: verify::VerifyError::NotPending(row.status),
+                    v: checked(row),
+                });
             }
             if let CheckPlan::Exhausted { locked_until } = plan {
                 c.prepare_cached(
@@ -366,15 +464,26 @@ pub fn check(c: &Connection, codes: &CodeHasher, id: &str, code: &OtpCode, now: 
                 )?
                 .execute(params![row.subject_id, row.service_id, locked_until])?;
                 end_queued_messages(c, id, "canceled", now)?;
-                let why = verify::VerifyError::MaxAttemptsReached { retry_after_ms: locked_until - now };
-                return Ok(CheckOutcome::Refused { row, why });
+                let why = verify::VerifyError::MaxAttemptsReached {
+                    retry_after_ms: locked_until - now,
+                };
+                return Ok(CheckOutcome::Refused {
+                    v: checked(row),
+                    why,
+                });
             }
             let attempts_left = row.max_attempts.saturating_sub(row.attempts);
-            Ok(CheckOutcome::Wrong { row, attempts_left })
+            Ok(CheckOutcome::Wrong {
+                v: checked(row),
+                attempts_left,
+            })
         }
         CheckPlan::Expire => {
             expire(c, id, now)?;
-            Ok(CheckOutcome::Refused { row: load_verification_required(c, id)?, why: verify::VerifyError::Expired })
+            Ok(CheckOutcome::Refused {
+                v: checked(load_verification_required(c, id)?),
+                why: verify::VerifyError::Expired,
+            })
         }
     }
 }
@@ -387,9 +496,13 @@ pub fn get_verification(c: &Connection, id: &str) -> StoreResult<Option<Verifica
         ))?
         .query_row([id], |r| Ok((verification_from(r)?, subject_from(r, 17)?)))
         .optional()?;
-    let Some((row, subject)) = found else { return Ok(None) };
+    let Some((row, subject)) = found else {
+        return Ok(None);
+    };
     let sends = c
-        .prepare_cached("SELECT channel, status, created_at FROM outbox WHERE verification_id = ?1 ORDER BY id")?
+        .prepare_cached(
+            "SELECT channel, status, created_at FROM outbox WHERE verification_id = ?1 ORDER BY id",
+        )?
         .query_map([id], |r| {
             let ch: String = r.get(0)?;
             Ok(SendAttempt {
@@ -399,10 +512,19 @@ pub fn get_verification(c: &Connection, id: &str) -> StoreResult<Option<Verifica
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(VerificationDetails { row, subject, sends }))
+    Ok(Some(VerificationDetails {
+        row,
+        subject,
+        sends,
+    }))
 }
 
-pub fn find_pending(c: &Connection, bi: &BlindIndex, service_id: &str, now: Millis) -> StoreResult<Option<String>> {
+pub fn find_pending(
+    c: &Connection,
+    bi: &BlindIndex,
+    service_id: &str,
+    now: Millis,
+) -> StoreResult<Option<String>> {
     Ok(c
         .prepare_cached(
             "SELECT v.id FROM verifications v JOIN subjects s ON s.id = v.subject_id
@@ -449,11 +571,20 @@ fn binding_by_account(c: &Connection, account_ref: &str) -> StoreResult<Option<B
         .optional()?)
 }
 
-pub fn bind(c: &Connection, account_ref: &str, verification_id: &str, now: Millis, window_ms: i64) -> StoreResult<BindOutcome> {
+pub fn bind(
+    c: &Connection,
+    account_ref: &str,
+    verification_id: &str,
+    now: Millis,
+    window_ms: i64,
+) -> StoreResult<BindOutcome> {
     let Some(v) = load_verification(c, verification_id)? else {
         return Ok(BindOutcome::VerificationNotFound);
     };
-    let Some(approved_at) = v.approved_at.filter(|_| v.status == verify::Status::Approved) else {
+    let Some(approved_at) = v
+        .approved_at
+        .filter(|_| v.status == verify::Status::Approved)
+    else {
         return Ok(BindOutcome::NotApproved);
     };
     if v.account_ref.as_deref().is_some_and(|a| a != account_ref) {
@@ -463,7 +594,10 @@ pub fn bind(c: &Connection, account_ref: &str, verification_id: &str, now: Milli
     if let Some(b) = &existing {
         if b.subject.id == v.subject_id {
             // Binding the same number again is a no-op: the call is idempotent.
-            return Ok(BindOutcome::Bound { binding: b.clone(), replaced: false });
+            return Ok(BindOutcome::Bound {
+                binding: b.clone(),
+                replaced: false,
+            });
         }
     }
     if now - approved_at > window_ms {
@@ -478,7 +612,8 @@ pub fn bind(c: &Connection, account_ref: &str, verification_id: &str, now: Milli
         "INSERT INTO bindings (account_ref, subject_id, verification_id, verified_at) VALUES (?1, ?2, ?3, ?4)",
     )?
     .execute(params![account_ref, v.subject_id, verification_id, approved_at])?;
-    let binding = binding_by_account(c, account_ref)?.ok_or_else(|| internal("binding vanished inside its transaction"))?;
+    let binding = binding_by_account(c, account_ref)?
+        .ok_or_else(|| internal("binding vanished inside its transaction"))?;
     Ok(BindOutcome::Bound { binding, replaced })
 }
 
@@ -495,7 +630,12 @@ pub fn unbind(c: &Connection, account_ref: &str, now: Millis) -> StoreResult<boo
 
 // ---------------------------------------------------------------- outbox
 
-pub fn claim_outbox(c: &Connection, now: Millis, limit: u32, lease_ms: i64) -> StoreResult<OutboxClaim> {
+pub fn claim_outbox(
+    c: &Connection,
+    now: Millis,
+    limit: u32,
+    lease_ms: i64,
+) -> StoreResult<OutboxClaim> {
     // Messages whose code has expired are never sent: erase them first.
     let expired = c
         .prepare_cached(
@@ -536,7 +676,12 @@ pub fn claim_outbox(c: &Connection, now: Millis, limit: u32, lease_ms: i64) -> S
     Ok(OutboxClaim { items, expired })
 }
 
-pub fn finish_outbox(c: &Connection, id: i64, result: &DeliveryResult, now: Millis) -> StoreResult<()> {
+pub fn finish_outbox(
+    c: &Connection,
+    id: i64,
+    result: &DeliveryResult,
+    now: Millis,
+) -> StoreResult<()> {
     match result {
         DeliveryResult::Sent { provider_ref } => {
             c.prepare_cached(
@@ -576,10 +721,9 @@ pub fn finish_outbox(c: &Connection, id: i64, result: &DeliveryResult, now: Mill
 }
 
 pub fn next_outbox_due(c: &Connection) -> StoreResult<Option<Millis>> {
-    Ok(c
-        .prepare_cached(
-            "SELECT MIN(COALESCE(MAX(next_attempt_at, lease_until), next_attempt_at)) FROM outbox
+    Ok(c.prepare_cached(
+        "SELECT MIN(COALESCE(MAX(next_attempt_at, lease_until), next_attempt_at)) FROM outbox
              WHERE status IN ('queued', 'sending', 'retry')",
-        )?
-        .query_row([], |r| r.get(0))?)
+    )?
+    .query_row([], |r| r.get(0))?)
 }

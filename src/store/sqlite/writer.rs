@@ -80,12 +80,17 @@ impl Writer {
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let job = Box::new(TypedJob { f: Some(f), out: None, reply });
+        let job = Box::new(TypedJob {
+            f: Some(f),
+            out: None,
+            reply,
+        });
         self.tx
             .send(job)
             .await
             .map_err(|_| StoreError::Unavailable("SQLite writer stopped".into()))?;
-        rx.await.map_err(|_| StoreError::Unavailable("SQLite writer stopped".into()))?
+        rx.await
+            .map_err(|_| StoreError::Unavailable("SQLite writer stopped".into()))?
     }
 }
 
@@ -120,7 +125,8 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), String
             exec(conn, "SAVEPOINT job")?;
             // A panicking job is a bug; it must not take the writer (and every later
             // request) down with it, so it is rolled back like a failed job.
-            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run(conn))).unwrap_or(false);
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run(conn)))
+                .unwrap_or(false);
             if ok {
                 exec(conn, "RELEASE job")?;
             } else {

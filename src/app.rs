@@ -1,0 +1,259 @@
+//! Wiring: the shared state of a running instance and the `Application` that binds the
+//! listener, starts the outbox worker and serves until told to stop
+//! (`build → run_until_stopped`). Tests build it in-process on port 0 with a manual
+//! clock and a recording sink; `ringfence serve` builds it from configuration.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+use crate::clock::{Clock, Millis};
+use crate::crypto::{self, Keyring};
+use crate::delivery::{OutboxWorker, Sink, WorkerSettings};
+use crate::http::extract::Caller;
+use crate::http::ApiError;
+use crate::store::{ApiKeyRecord, ServiceRecord, Store, StoreError};
+use crate::verify::ServiceConfig;
+
+/// Settings of the HTTP layer and the verification flow that are not per service.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long after approval a verification may still be bound to an account.
+    pub binding_window_ms: i64,
+    /// How long API keys and services are cached in memory.
+    pub cache_ttl_ms: i64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            binding_window_ms: 15 * 60 * 1000,
+            cache_ttl_ms: 2_000,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub keys: Arc<Keyring>,
+    pub clock: Arc<dyn Clock>,
+    pub outbox_wake: Arc<Notify>,
+    pub services: Arc<ServiceCache>,
+    pub api_keys: Arc<ApiKeyCache>,
+    pub settings: Arc<Settings>,
+}
+
+/// API keys, cached for a short time so a request does not cost a database read.
+/// A revoked key stops working within the cache's time to live.
+pub struct ApiKeyCache {
+    store: Arc<dyn Store>,
+    ttl_ms: i64,
+    entries: RwLock<HashMap<String, (Option<ApiKeyRecord>, Millis)>>,
+}
+
+impl ApiKeyCache {
+    pub fn new(store: Arc<dyn Store>, ttl_ms: i64) -> Self {
+        Self {
+            store,
+            ttl_ms,
+            entries: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub async fn authenticate(
+        &self,
+        presented: &str,
+        now: Millis,
+    ) -> Result<Option<Caller>, ApiError> {
+        let Some((id, hash)) = crypto::parse_api_key(presented) else {
+            return Ok(None);
+        };
+        let cached = self
+            .entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .filter(|(_, at)| now - at < self.ttl_ms)
+            .map(|(r, _)| r.clone());
+        let record = match cached {
+            Some(r) => r,
+            None => {
+                let r = self.store.get_api_key(id).await?;
+                let mut map = self.entries.write().unwrap_or_else(|p| p.into_inner());
+                if map.len() > 10_000 {
+                    map.clear();
+                }
+                map.insert(id.to_owned(), (r.clone(), now));
+                r
+            }
+        };
+        Ok(record
+            .filter(|r| {
+                r.revoked_at.is_none() && crypto::api_key_hash_matches(&hash, &r.secret_hash)
+            })
+            .map(|r| Caller {
+                key_id: r.id,
+                scopes: r.scopes,
+            }))
+    }
+}
+
+/// Services by id and by name, cached for a short time. Changes made through this
+/// instance are visible at once; changes made elsewhere within the time to live.
+pub struct ServiceCache {
+    store: Arc<dyn Store>,
+    ttl_ms: i64,
+    entries: RwLock<HashMap<String, (ServiceRecord, Millis)>>,
+}
+
+impl ServiceCache {
+    pub fn new(store: Arc<dyn Store>, ttl_ms: i64) -> Self {
+        Self {
+            store,
+            ttl_ms,
+            entries: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub async fn get(&self, key: &str, now: Millis) -> Result<Option<ServiceRecord>, StoreError> {
+        let cached = self
+            .entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .filter(|(_, at)| now - at < self.ttl_ms)
+            .map(|(r, _)| r.clone());
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        let found = self.store.get_service(key).await?;
+        if let Some(rec) = &found {
+            let mut map = self.entries.write().unwrap_or_else(|p| p.into_inner());
+            map.insert(rec.id.clone(), (rec.clone(), now));
+            map.insert(rec.config.name.clone(), (rec.clone(), now));
+        }
+        Ok(found)
+    }
+
+    pub fn invalidate(&self) {
+        self.entries
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
+/// The name of the service that exists from the first start.
+pub const DEFAULT_SERVICE: &str = "default";
+
+/// A new service id: `VA` and 32 hex digits (time-ordered).
+pub fn new_service_id() -> String {
+    format!("VA{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A new verification id: `VE` and 32 hex digits (time-ordered, so inserts stay local
+/// in the index).
+pub fn new_verification_id() -> String {
+    format!("VE{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Creates the default service unless it exists (another instance may race us).
+pub async fn ensure_default_service(store: &dyn Store, now: Millis) -> anyhow::Result<bool> {
+    if store.get_service(DEFAULT_SERVICE).await?.is_some() {
+        return Ok(false);
+    }
+    let mut config = ServiceConfig::default_named(DEFAULT_SERVICE);
+    config.friendly_name = "ringfence".into();
+    let rec = ServiceRecord {
+        id: new_service_id(),
+        config: Arc::new(config),
+        created_at: now,
+        updated_at: now,
+    };
+    match store.create_service(rec).await {
+        Ok(()) => Ok(true),
+        Err(StoreError::Conflict(_)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub struct AppOptions {
+    pub listen: SocketAddr,
+    pub store: Arc<dyn Store>,
+    pub keys: Keyring,
+    pub clock: Arc<dyn Clock>,
+    pub sink: Arc<dyn Sink>,
+    pub settings: Settings,
+    pub worker: WorkerSettings,
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    sink: Arc<dyn Sink>,
+    worker: WorkerSettings,
+}
+
+impl Application {
+    pub async fn build(opts: AppOptions) -> anyhow::Result<Self> {
+        ensure_default_service(opts.store.as_ref(), opts.clock.now()).await?;
+        let listener = TcpListener::bind(opts.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("listen: cannot bind {}: {e}", opts.listen))?;
+        let ttl = opts.settings.cache_ttl_ms;
+        let state = AppState {
+            services: Arc::new(ServiceCache::new(opts.store.clone(), ttl)),
+            api_keys: Arc::new(ApiKeyCache::new(opts.store.clone(), ttl)),
+            store: opts.store,
+            keys: Arc::new(opts.keys),
+            clock: opts.clock,
+            outbox_wake: Arc::new(Notify::new()),
+            settings: Arc::new(opts.settings),
+        };
+        Ok(Self {
+            listener,
+            state,
+            sink: opts.sink,
+            worker: opts.worker,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves HTTP and runs the outbox worker until `shutdown` resolves, then drains
+    /// in-flight requests.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let worker = OutboxWorker {
+            store: self.state.store.clone(),
+            sink: self.sink,
+            kek: self.state.keys.kek.clone(),
+            clock: self.state.clock.clone(),
+            wake: self.state.outbox_wake.clone(),
+            settings: self.worker,
+        };
+        let worker = tokio::spawn(worker.run(stop_rx));
+        let router = crate::http::router(self.state);
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        let _ = stop_tx.send(true);
+        let _ = worker.await;
+        Ok(())
+    }
+}

@@ -1,0 +1,330 @@
+//! Configuration of `ringfence serve`: defaults in code → `ringfence.toml` →
+//! `RINGFENCE_*` environment variables → command-line flags, each layer overriding the
+//! one before. Validated at start; every message names the key and the fix.
+//!
+//! Flags and environment variables are read by clap (a flag wins over its variable);
+//! the file fills what neither gave; the defaults fill the rest.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::delivery::SinkSpec;
+
+/// The file's shape: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub sms_sink: Option<String>,
+    pub log_format: Option<String>,
+    pub binding_window_seconds: Option<u32>,
+    pub outbox_max_attempts: Option<u32>,
+}
+
+/// What flags and environment variables gave (clap fills it).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// Configuration file [default: ./ringfence.toml if it exists]
+    #[arg(long, env = "RINGFENCE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(long, env = "RINGFENCE_LISTEN")]
+    pub listen: Option<String>,
+    /// Directory for the SQLite database and generated secrets [default: ./ringfence-data]
+    #[arg(long, env = "RINGFENCE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL: sqlite:PATH [default: sqlite in the data dir]
+    #[arg(long, env = "RINGFENCE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Where messages go: console | file:PATH [default: console]
+    #[arg(long, env = "RINGFENCE_SMS_SINK")]
+    pub sms_sink: Option<String>,
+    /// Log format: pretty | json [default: json when stdout is not a terminal]
+    #[arg(long, env = "RINGFENCE_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Seconds after approval during which a verification may be bound [default: 900]
+    #[arg(long, env = "RINGFENCE_BINDING_WINDOW_SECONDS")]
+    pub binding_window_seconds: Option<u32>,
+    /// Delivery attempts per message before it fails [default: 5]
+    #[arg(long, env = "RINGFENCE_OUTBOX_MAX_ATTEMPTS")]
+    pub outbox_max_attempts: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database: DatabaseUrl,
+    pub sms_sink: SinkSpec,
+    pub log_format: LogFormat,
+    pub binding_window_seconds: u32,
+    pub outbox_max_attempts: u32,
+    /// The file that was read, if any.
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration key `{key}`: {problem}")]
+pub struct ConfigError {
+    pub key: &'static str,
+    pub problem: String,
+}
+
+fn bad(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key,
+        problem: problem.into(),
+    }
+}
+
+pub const DEFAULT_FILE: &str = "ringfence.toml";
+
+impl Config {
+    /// Resolves the layers. `stdout_is_terminal` picks the default log format.
+    pub fn resolve(o: &Overrides, stdout_is_terminal: bool) -> Result<Self, ConfigError> {
+        let (file, path) = match &o.config {
+            Some(p) => (read_file(p)?, Some(p.clone())),
+            None if Path::new(DEFAULT_FILE).exists() => (
+                read_file(Path::new(DEFAULT_FILE))?,
+                Some(DEFAULT_FILE.into()),
+            ),
+            None => (FileConfig::default(), None),
+        };
+        let listen_s = o
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen = listen_s.parse().map_err(|_| {
+            bad(
+                "listen",
+                format!("`{listen_s}` is not an address such as 127.0.0.1:8080"),
+            )
+        })?;
+        let data_dir = o
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| "ringfence-data".into());
+        let database = match o.database_url.clone().or(file.database_url) {
+            None => DatabaseUrl::Sqlite(data_dir.join("ringfence.db")),
+            Some(url) => parse_database_url(&url)?,
+        };
+        let sink_s = o
+            .sms_sink
+            .clone()
+            .or(file.sms_sink)
+            .unwrap_or_else(|| "console".into());
+        let sms_sink = sink_s.parse().map_err(|e: String| bad("sms_sink", e))?;
+        let log_format = match o.log_format.clone().or(file.log_format).as_deref() {
+            None => {
+                if stdout_is_terminal {
+                    LogFormat::Pretty
+                } else {
+                    LogFormat::Json
+                }
+            }
+            Some("pretty") => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(bad(
+                    "log_format",
+                    format!("`{other}`: expected pretty or json"),
+                ))
+            }
+        };
+        let binding_window_seconds = o
+            .binding_window_seconds
+            .or(file.binding_window_seconds)
+            .unwrap_or(900);
+        if !(60..=86_400).contains(&binding_window_seconds) {
+            return Err(bad(
+                "binding_window_seconds",
+                "must be between 60 and 86400",
+            ));
+        }
+        let outbox_max_attempts = o
+            .outbox_max_attempts
+            .or(file.outbox_max_attempts)
+            .unwrap_or(5);
+        if !(1..=20).contains(&outbox_max_attempts) {
+            return Err(bad("outbox_max_attempts", "must be between 1 and 20"));
+        }
+        Ok(Self {
+            listen,
+            data_dir,
+            database,
+            sms_sink,
+            log_format,
+            binding_window_seconds,
+            outbox_max_attempts,
+            file: path,
+        })
+    }
+}
+
+fn read_file(p: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(p)
+        .map_err(|e| bad("config", format!("cannot read {}: {e}", p.display())))?;
+    toml::from_str(&text).map_err(|e| bad("config", format!("{}: {}", p.display(), e.message())))
+}
+
+fn parse_database_url(url: &str) -> Result<DatabaseUrl, ConfigError> {
+    if let Some(rest) = url.strip_prefix("sqlite:") {
+        let path = rest.strip_prefix("//").unwrap_or(rest);
+        if path.is_empty() {
+            return Err(bad(
+                "database_url",
+                "sqlite: needs a file path, e.g. sqlite:./ringfence-data/ringfence.db",
+            ));
+        }
+        return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
+    }
+    let scheme = url.split(':').next().unwrap_or("");
+    if scheme == "postgres" || scheme == "postgresql" {
+        return Err(bad(
+            "database_url",
+            "the PostgreSQL backend is not available in this version; use sqlite:PATH",
+        ));
+    }
+    Err(bad("database_url", "expected sqlite:PATH"))
+}
+
+/// A commented example file, printed by `ringfence config example`.
+pub const EXAMPLE: &str = r#"# ringfence.toml — every key is optional; RINGFENCE_<KEY> environment variables and
+# --<key> flags override what is written here.
+
+# Address of the HTTP API.
+listen = "127.0.0.1:8080"
+
+# Holds the SQLite database and, unless given through the environment, the secrets
+# (secrets/kek, secrets/blind_index_key, secrets/code_pepper; mode 0600).
+data_dir = "./ringfence-data"
+
+# sqlite:PATH (default: <data_dir>/ringfence.db).
+# database_url = "sqlite:./ringfence-data/ringfence.db"
+
+# Where messages go: "console" (development) or "file:PATH" (one JSON object per line).
+sms_sink = "console"
+
+# "pretty" or "json" (default: json when stdout is not a terminal).
+# log_format = "json"
+
+# Seconds after approval during which a verification may be bound to an account.
+binding_window_seconds = 900
+
+# Delivery attempts per message before it is marked failed.
+outbox_max_attempts = 5
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_without_file_or_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Overrides {
+            config: Some(dir.path().join("none.toml")),
+            ..Default::default()
+        };
+        assert!(Config::resolve(&o, true)
+            .unwrap_err()
+            .to_string()
+            .contains("cannot read"));
+        let c = Config::resolve(
+            &Overrides {
+                data_dir: Some("d".into()),
+                ..Default::default()
+            },
+            true,
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            c.database,
+            DatabaseUrl::Sqlite(PathBuf::from("d/ringfence.db"))
+        );
+        assert_eq!(c.sms_sink, SinkSpec::Console);
+        assert_eq!(c.log_format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn flags_override_the_file_and_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("r.toml");
+        std::fs::write(
+            &f,
+            "listen = \"127.0.0.1:9000\"\nsms_sink = \"file:/tmp/x.jsonl\"\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            config: Some(f.clone()),
+            listen: Some("127.0.0.1:9100".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(&o, false).unwrap();
+        assert_eq!(c.listen.port(), 9100);
+        assert_eq!(c.sms_sink, SinkSpec::File("/tmp/x.jsonl".into()));
+        assert_eq!(c.log_format, LogFormat::Json);
+
+        std::fs::write(&f, "lisen = \"x\"\n").unwrap();
+        let e = Config::resolve(
+            &Overrides {
+                config: Some(f.clone()),
+                ..Default::default()
+            },
+            true,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("lisen"), "{e}");
+        let e = Config::resolve(
+            &Overrides {
+                listen: Some("nope".into()),
+                ..Default::default()
+            },
+            true,
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "listen");
+        let e = Config::resolve(
+            &Overrides {
+                sms_sink: Some("smtp".into()),
+                ..Default::default()
+            },
+            true,
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "sms_sink");
+        let e = Config::resolve(
+            &Overrides {
+                database_url: Some("postgres://x".into()),
+                ..Default::default()
+            },
+            true,
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "database_url");
+    }
+
+    #[test]
+    fn example_parses() {
+        let f: FileConfig = toml::from_str(EXAMPLE).unwrap();
+        assert_eq!(f.listen.as_deref(), Some("127.0.0.1:8080"));
+    }
+}

@@ -1,0 +1,69 @@
+//! Delivery through a transactional outbox.
+//!
+//! A verification and its message are committed in one transaction (see
+//! `store::Store::start_verification`); this module's worker claims due messages with a
+//! lease, opens the sealed payload with the subject's key, hands it to the configured
+//! sink and records the outcome. Guarantees:
+//! - a message is never sent after its code expired (the claim erases those instead);
+//! - the content (number and code) is erased from the database once the message is
+//!   sent, expired, canceled or failed, so the code is readable only in flight;
+//! - a worker that dies mid-send leaves a lease that runs out, and the message is
+//!   claimed again (at-least-once towards the sink; idempotent sinks de-duplicate on
+//!   `message_id`).
+
+mod sinks;
+mod worker;
+
+pub use sinks::{ConsoleSink, FileSink, RecordingSink, SendError, Sink, SinkSpec};
+pub use worker::{OutboxWorker, WorkerSettings};
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{BlindIndex, DataKey};
+use crate::verify::Channel;
+
+/// What the outbox row holds, sealed under the subject's key.
+#[derive(Serialize, Deserialize)]
+pub struct Payload {
+    pub to: String,
+    pub body: String,
+}
+
+impl Payload {
+    pub fn seal(&self, key: &DataKey, bi: &BlindIndex) -> Vec<u8> {
+        let json = serde_json::to_vec(self).expect("payload serialises");
+        key.seal(&json, &payload_aad(bi))
+    }
+
+    pub fn open(key: &DataKey, bi: &BlindIndex, sealed: &[u8]) -> Option<Self> {
+        let json = key.open(sealed, &payload_aad(bi)).ok()?;
+        serde_json::from_slice(&json).ok()
+    }
+}
+
+fn payload_aad(bi: &BlindIndex) -> Vec<u8> {
+    let mut aad = b"outbox:".to_vec();
+    aad.extend_from_slice(&bi.0);
+    aad
+}
+
+/// A message handed to a sink.
+#[derive(Clone)]
+pub struct OutgoingMessage {
+    pub message_id: i64,
+    pub verification_id: String,
+    pub channel: Channel,
+    /// E.164 recipient. Sinks must not log it.
+    pub to: String,
+    pub body: String,
+}
+
+impl std::fmt::Debug for OutgoingMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutgoingMessage")
+            .field("message_id", &self.message_id)
+            .field("verification_id", &self.verification_id)
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}

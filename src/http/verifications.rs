@@ -1,0 +1,520 @@
+//! `/v1/verifications` and `/v1/verification-checks`: start, re-send, check, read and
+//! cancel phone verifications.
+//!
+//! A handler turns the request into domain values first (`E164`, `Channel`, `OtpCode`,
+//! validated references), seals what is personal under the subject's key, and hands one
+//! command to the store. Nothing in a response reveals whether a number is bound to an
+//! account: starting a verification never looks at bindings.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ringfence_phone::E164;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::extract::{ApiJson, VerifyCaller};
+use super::{masked_number, validate, ApiError};
+use crate::app::AppState;
+use crate::clock::{rfc3339, Millis};
+use crate::crypto::{self, BlindIndex, DataKey};
+use crate::delivery::Payload;
+use crate::store::{
+    CancelOutcome, CheckOutcome, IdempotencyCmd, NewSubject, SendAttempt, StartCmd, StartOutcome,
+    SubjectRef, SubjectSecrets, VerificationRow,
+};
+use crate::verify::{Channel, OtpCode, Status};
+
+/// Start a verification (or send a new code on the pending one).
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartVerification {
+    /// The phone number, in international format (`+447700900123`, `tel:` URIs and
+    /// punctuation accepted).
+    pub to: String,
+    /// `sms` (default), `voice` or `whatsapp`; must be enabled on the service.
+    #[serde(default = "default_channel")]
+    pub channel: Channel,
+    /// Service id or name; `default` when absent.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Language tag for the message template, e.g. `en`, `pt-BR`.
+    #[serde(default)]
+    pub locale: Option<String>,
+    /// The integrator's account reference; binding then only works for this account.
+    #[serde(default)]
+    pub account_ref: Option<String>,
+    /// Why the number is verified, e.g. `signup`, `login`, `change_number`.
+    #[serde(default)]
+    pub purpose: Option<String>,
+    /// Client IP address as seen by the integrator (for abuse detection).
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// Client user agent (for abuse detection).
+    #[serde(default)]
+    pub user_agent: Option<String>,
+    /// Client device identifier (for abuse detection).
+    #[serde(default)]
+    pub device_id: Option<String>,
+}
+
+fn default_channel() -> Channel {
+    Channel::Sms
+}
+
+/// Check a code on a verification known by id.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckCode {
+    /// The code the person typed.
+    pub code: String,
+}
+
+/// Check a code on the pending verification of a number.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckByNumber {
+    pub to: String,
+    pub code: String,
+    /// Service id or name; `default` when absent.
+    #[serde(default)]
+    pub service: Option<String>,
+}
+
+/// One message sent (or queued) for a verification.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageView {
+    pub channel: Channel,
+    /// `queued`, `sending`, `retry`, `sent`, `failed`, `expired` or `canceled`.
+    pub status: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerificationView {
+    pub id: String,
+    pub service_id: String,
+    pub status: Status,
+    /// The number, masked (country code and last digits); `null` once erased.
+    pub to: Option<String>,
+    pub channel: Channel,
+    pub locale: Option<String>,
+    pub account_ref: Option<String>,
+    pub purpose: Option<String>,
+    /// Codes sent so far.
+    pub send_attempts: u32,
+    pub max_sends: u32,
+    /// Wrong codes tried so far.
+    pub check_attempts: u32,
+    pub attempts_left: u32,
+    pub created_at: String,
+    pub updated_at: String,
+    pub expires_at: String,
+    pub approved_at: Option<String>,
+    /// The messages of this verification (on `GET` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<MessageView>>,
+}
+
+impl VerificationView {
+    fn new(row: &VerificationRow, to: Option<String>, now: Millis) -> Self {
+        Self {
+            id: row.id.clone(),
+            service_id: row.service_id.clone(),
+            status: row.status.effective(row.expires_at, now),
+            to,
+            channel: row.channel,
+            locale: row.locale.clone(),
+            account_ref: row.account_ref.clone(),
+            purpose: row.purpose.clone(),
+            send_attempts: row.sends,
+            max_sends: row.max_sends,
+            check_attempts: row.attempts,
+            attempts_left: row.max_attempts.saturating_sub(row.attempts),
+            created_at: rfc3339(row.created_at),
+            updated_at: rfc3339(row.updated_at),
+            expires_at: rfc3339(row.expires_at),
+            approved_at: row.approved_at.map(rfc3339),
+            messages: None,
+        }
+    }
+
+    fn with_messages(mut self, sends: &[SendAttempt]) -> Self {
+        self.messages = Some(
+            sends
+                .iter()
+                .map(|s| MessageView {
+                    channel: s.channel,
+                    status: s.status.clone(),
+                    created_at: rfc3339(s.created_at),
+                })
+                .collect(),
+        );
+        self
+    }
+}
+
+fn parse_number(to: &str) -> Result<E164, ApiError> {
+    if to.len() > 64 {
+        return Err(ApiError::InvalidPhoneNumber("too_long"));
+    }
+    Ok(E164::parse(to, None)?)
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let s = v.to_str().map_err(|_| ApiError::InvalidIdempotencyKey)?;
+    if s.is_empty() || s.len() > 255 || !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(ApiError::InvalidIdempotencyKey);
+    }
+    Ok(Some(s.to_owned()))
+}
+
+#[derive(Serialize)]
+struct Signals<'a> {
+    ip: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    device_id: Option<&'a str>,
+}
+
+/// The subject's data key and how the store should find or create the subject.
+fn subject_key(
+    st: &AppState,
+    found: Option<SubjectSecrets>,
+    number: &E164,
+    bi: &BlindIndex,
+) -> Result<(DataKey, SubjectRef), ApiError> {
+    match found {
+        Some(SubjectSecrets {
+            id,
+            wrapped_key: Some(w),
+            ..
+        }) => {
+            let key = st
+                .keys
+                .kek
+                .unwrap_key(&w, &bi.0)
+                .map_err(|_| ApiError::Internal("subject key does not unwrap".into()))?;
+            Ok((key, SubjectRef::Existing(id)))
+        }
+        Some(_) => Err(ApiError::Internal(
+            "subject was erased; re-keying is not supported yet".into(),
+        )),
+        None => {
+            let key = DataKey::generate();
+            let new = NewSubject {
+                wrapped_key: st.keys.kek.wrap(&key, &bi.0),
+                phone_ct: key.seal(number.expose().as_bytes(), super::PHONE_AAD),
+                country_code: number.country_code(),
+                region: number.region().map(str::to_owned),
+                number_type: number.number_type().as_str(),
+            };
+            Ok((key, SubjectRef::New(new)))
+        }
+    }
+}
+
+#[utoipa::path(
+    post, path = "/v1/verifications", tag = "verifications",
+    request_body = StartVerification,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key and body return the first result and send nothing")),
+    responses(
+        (status = 201, description = "Code sent (or queued)", body = VerificationView),
+        (status = 400, description = "invalid_json, invalid_request, invalid_phone_number, invalid_field, channel_not_allowed, invalid_idempotency_key"),
+        (status = 404, description = "service_not_found"),
+        (status = 422, description = "idempotency_key_reused"),
+        (status = 429, description = "resend_cooldown, max_sends_reached, verification_locked; with Retry-After"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn start(
+    State(st): State<AppState>,
+    VerifyCaller(caller): VerifyCaller,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<StartVerification>,
+) -> Result<Response, ApiError> {
+    let now = st.clock.now();
+    let number = parse_number(&body.to)?;
+    let service_key = body
+        .service
+        .as_deref()
+        .unwrap_or(crate::app::DEFAULT_SERVICE);
+    validate::reference("service", service_key, 128)?;
+    let locale = body.locale.as_deref().map(validate::locale).transpose()?;
+    let account_ref = body
+        .account_ref
+        .as_deref()
+        .map(validate::account_ref)
+        .transpose()?;
+    let purpose = body.purpose.as_deref().map(validate::purpose).transpose()?;
+    let ip = body.ip.as_deref().map(validate::ip).transpose()?;
+    let user_agent = body
+        .user_agent
+        .as_deref()
+        .map(|v| validate::text("user_agent", v, 512))
+        .transpose()?;
+    let device_id = body
+        .device_id
+        .as_deref()
+        .map(|v| validate::text("device_id", v, 128))
+        .transpose()?;
+    let idem = idempotency_key(&headers)?;
+
+    let service = st
+        .services
+        .get(service_key, now)
+        .await?
+        .ok_or(ApiError::ServiceNotFound)?;
+    if !service.config.allows(body.channel) {
+        return Err(ApiError::ChannelNotAllowed(body.channel.as_str()));
+    }
+    let bi = st.keys.blind.index(number.expose());
+    let test_code = service
+        .config
+        .test_code_for(&hex::encode(bi.0))
+        .map(str::to_owned);
+    let fingerprint = {
+        let mut canonical = serde_json::to_vec(&body).expect("request serialises");
+        canonical.extend_from_slice(service.id.as_bytes());
+        crypto::sha256(&canonical)
+    };
+
+    // Two rounds at most: if another request created the subject between our look-up
+    // and our write, the second round finds it.
+    let mut outcome = None;
+    for _ in 0..2 {
+        let found = st.store.find_subject(&bi).await?;
+        let (key, subject) = subject_key(&st, found, &number, &bi)?;
+        let code = match &test_code {
+            Some(c) => OtpCode::parse(c)
+                .ok_or_else(|| ApiError::Internal("test code is malformed".into()))?,
+            None => OtpCode::generate(service.config.code_length),
+        };
+        let message = test_code.is_none().then(|| {
+            let body = service.config.render(locale.as_deref(), code.expose());
+            Payload {
+                to: number.expose().to_owned(),
+                body,
+            }
+            .seal(&key, &bi)
+        });
+        let signals_ct = (ip.is_some() || user_agent.is_some() || device_id.is_some()).then(|| {
+            let s = Signals {
+                ip: ip.as_deref(),
+                user_agent: user_agent.as_deref(),
+                device_id: device_id.as_deref(),
+            };
+            key.seal(
+                &serde_json::to_vec(&s).expect("signals serialise"),
+                b"signals",
+            )
+        });
+        let cmd = StartCmd {
+            id_if_new: crate::app::new_verification_id(),
+            service_id: service.id.clone(),
+            config: service.config.clone(),
+            blind_index: bi,
+            subject,
+            channel: body.channel,
+            locale: locale.clone(),
+            account_ref: account_ref.clone(),
+            purpose: purpose.clone(),
+            code,
+            message,
+            signals_ct,
+            idempotency: idem.clone().map(|key| IdempotencyCmd {
+                api_key_id: caller.key_id.clone(),
+                key,
+                fingerprint,
+            }),
+            now,
+        };
+        match st.store.start_verification(cmd).await? {
+            StartOutcome::SubjectExists => continue,
+            other => {
+                outcome = Some(other);
+                break;
+            }
+        }
+    }
+    let masked = Some(number.masked());
+    match outcome.ok_or_else(|| ApiError::Unavailable("subject creation raced twice".into()))? {
+        StartOutcome::Started {
+            verification,
+            resent,
+        } => {
+            st.outbox_wake.notify_one();
+            tracing::info!(
+                verification_id = %verification.id,
+                subject = %bi.short(),
+                region = number.region().unwrap_or("-"),
+                channel = body.channel.as_str(),
+                resent,
+                "verification started"
+            );
+            Ok((
+                StatusCode::CREATED,
+                Json(VerificationView::new(&verification, masked, now)),
+            )
+                .into_response())
+        }
+        StartOutcome::Replayed(verification) => {
+            let mut res = (
+                StatusCode::CREATED,
+                Json(VerificationView::new(&verification, masked, now)),
+            )
+                .into_response();
+            res.headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Ok(res)
+        }
+        StartOutcome::IdempotencyMismatch => Err(ApiError::IdempotencyKeyReused),
+        StartOutcome::Refused(why) => Err(why.into()),
+        StartOutcome::SubjectExists => {
+            Err(ApiError::Unavailable("subject creation raced twice".into()))
+        }
+    }
+}
+
+async fn check_by_id(st: &AppState, id: &str, code: &str) -> Result<Response, ApiError> {
+    let now = st.clock.now();
+    let code = OtpCode::parse(code).ok_or(ApiError::InvalidCode)?;
+    let outcome = st.store.check_verification(id, code, now).await?;
+    match outcome {
+        CheckOutcome::NotFound => Err(ApiError::VerificationNotFound),
+        CheckOutcome::Approved(v) => {
+            tracing::info!(verification_id = %v.row.id, "verification approved");
+            let to = masked_number(st, &v.subject);
+            Ok(Json(VerificationView::new(&v.row, to, now)).into_response())
+        }
+        CheckOutcome::Wrong { v, .. } => {
+            let to = masked_number(st, &v.subject);
+            Ok(Json(VerificationView::new(&v.row, to, now)).into_response())
+        }
+        CheckOutcome::Refused { why, .. } => Err(why.into()),
+    }
+}
+
+#[utoipa::path(
+    post, path = "/v1/verifications/{id}/check", tag = "verifications",
+    params(("id" = String, Path, description = "Verification id")),
+    request_body = CheckCode,
+    responses(
+        (status = 200, description = "`approved`, or `pending` with `attempts_left` after a wrong code", body = VerificationView),
+        (status = 400, description = "invalid_code"),
+        (status = 404, description = "verification_not_found"),
+        (status = 409, description = "verification_not_pending"),
+        (status = 410, description = "verification_expired"),
+        (status = 429, description = "max_attempts_reached, with Retry-After"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn check(
+    State(st): State<AppState>,
+    _caller: VerifyCaller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<CheckCode>,
+) -> Result<Response, ApiError> {
+    validate::verification_id(&id)?;
+    check_by_id(&st, &id, &body.code).await
+}
+
+#[utoipa::path(
+    post, path = "/v1/verification-checks", tag = "verifications",
+    request_body = CheckByNumber,
+    responses(
+        (status = 200, description = "`approved`, or `pending` with `attempts_left` after a wrong code", body = VerificationView),
+        (status = 400, description = "invalid_phone_number, invalid_code"),
+        (status = 404, description = "verification_not_found: no pending verification for this number on this service"),
+        (status = 429, description = "max_attempts_reached, with Retry-After"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn check_by_number(
+    State(st): State<AppState>,
+    _caller: VerifyCaller,
+    ApiJson(body): ApiJson<CheckByNumber>,
+) -> Result<Response, ApiError> {
+    let now = st.clock.now();
+    let number = parse_number(&body.to)?;
+    OtpCode::parse(&body.code).ok_or(ApiError::InvalidCode)?;
+    let service_key = body
+        .service
+        .as_deref()
+        .unwrap_or(crate::app::DEFAULT_SERVICE);
+    validate::reference("service", service_key, 128)?;
+    let service = st
+        .services
+        .get(service_key, now)
+        .await?
+        .ok_or(ApiError::ServiceNotFound)?;
+    let bi = st.keys.blind.index(number.expose());
+    let id = st
+        .store
+        .find_pending(&bi, &service.id, now)
+        .await?
+        .ok_or(ApiError::VerificationNotFound)?;
+    check_by_id(&st, &id, &body.code).await
+}
+
+#[utoipa::path(
+    get, path = "/v1/verifications/{id}", tag = "verifications",
+    params(("id" = String, Path, description = "Verification id")),
+    responses((status = 200, body = VerificationView), (status = 404, description = "verification_not_found")),
+    security(("api_key" = []))
+)]
+pub async fn get(
+    State(st): State<AppState>,
+    _caller: VerifyCaller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    validate::verification_id(&id)?;
+    let d = st
+        .store
+        .get_verification(&id)
+        .await?
+        .ok_or(ApiError::VerificationNotFound)?;
+    let to = masked_number(&st, &d.subject);
+    Ok(
+        Json(VerificationView::new(&d.row, to, st.clock.now()).with_messages(&d.sends))
+            .into_response(),
+    )
+}
+
+#[utoipa::path(
+    post, path = "/v1/verifications/{id}/cancel", tag = "verifications",
+    params(("id" = String, Path, description = "Verification id")),
+    responses(
+        (status = 200, description = "Canceled; queued messages are not sent", body = VerificationView),
+        (status = 404, description = "verification_not_found"),
+        (status = 409, description = "verification_not_pending"),
+        (status = 410, description = "verification_expired"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn cancel(
+    State(st): State<AppState>,
+    _caller: VerifyCaller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    validate::verification_id(&id)?;
+    let now = st.clock.now();
+    match st.store.cancel_verification(&id, now).await? {
+        CancelOutcome::Canceled(row) => {
+            let to = st
+                .store
+                .get_verification(&id)
+                .await?
+                .and_then(|d| masked_number(&st, &d.subject));
+            Ok(Json(VerificationView::new(&row, to, now)).into_response())
+        }
+        CancelOutcome::NotPending(row) => Err(crate::verify::VerifyError::NotPending(
+            row.status.effective(row.expires_at, now),
+        )
+        .into()),
+        CancelOutcome::NotFound => Err(ApiError::VerificationNotFound),
+    }
+}
