@@ -185,6 +185,8 @@ mod bulk {
     const CHUNK_ROWS: usize = 32 * 1024;
     /// Files at least this large get a progress bar (when stderr is a terminal).
     const PROGRESS_BYTES: u64 = 8 * 1024 * 1024;
+    /// Regions listed one by one in the text summary (all of them in JSON).
+    const TOP_REGIONS: usize = 20;
     /// Columns appended to every row, in this order.
     const ADDED: [&str; 5] = ["e164", "valid", "type", "region", "error"];
 
@@ -263,18 +265,25 @@ mod bulk {
         let progress = progress_bar(size);
         let mut summary = Summary::default();
         let mut seen: HashMap<u128, u32> = HashMap::new();
-        let mut rows: Vec<csv::ByteRecord> = Vec::with_capacity(CHUNK_ROWS);
+        // Records are reused from chunk to chunk: reading one clears it.
+        let mut records: Vec<csv::ByteRecord> = Vec::with_capacity(CHUNK_ROWS);
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(CHUNK_ROWS);
-        let mut row = csv::ByteRecord::new();
         loop {
-            rows.clear();
-            while rows.len() < CHUNK_ROWS && reader.read_byte_record(&mut row)? {
-                rows.push(row.clone());
+            let mut filled = 0;
+            while filled < CHUNK_ROWS {
+                if filled == records.len() {
+                    records.push(csv::ByteRecord::new());
+                }
+                if !reader.read_byte_record(&mut records[filled])? {
+                    break;
+                }
+                filled += 1;
             }
-            if rows.is_empty() {
+            if filled == 0 {
                 break;
             }
-            classify_chunk(&rows, index, region, threads, &mut outcomes);
+            let rows = &mut records[..filled];
+            classify_chunk(rows, index, region, threads, &mut outcomes);
             for (record, outcome) in rows.iter_mut().zip(&outcomes) {
                 summary.count(outcome, &mut seen);
                 append(record, outcome);
@@ -422,8 +431,13 @@ mod bulk {
             }
             let mut regions: Vec<_> = self.regions.iter().collect();
             regions.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-            for (region, n) in regions {
+            for (region, n) in regions.iter().take(TOP_REGIONS) {
                 writeln!(out, "region {region}: {n}")?;
+            }
+            if regions.len() > TOP_REGIONS {
+                let rest: u64 = regions[TOP_REGIONS..].iter().map(|(_, n)| **n).sum();
+                let others = regions.len() - TOP_REGIONS;
+                writeln!(out, "region (other {others}): {rest}")?;
             }
             writeln!(out, "distinct numbers: {}", self.distinct_numbers)?;
             writeln!(
