@@ -39,6 +39,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 ApiError::InvalidRequest("could not read the request body".into())
             }
         })?;
+        // Every request body is a JSON object. serde would also fill a struct from an
+        // array, field by field in declaration order; refuse that, so field order
+        // never becomes part of the API.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            return Err(ApiError::InvalidRequest(
+                "wrong type: the body must be a JSON object".into(),
+            ));
+        }
         parse_json(&bytes).map(ApiJson)
     }
 }
