@@ -2,13 +2,13 @@
 //! integrator's account, read the binding (masked), unbind. An unbound binding stays as
 //! a tombstone, so the accounts-per-number cap cannot be reset by deleting accounts.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::extract::{ApiJson, VerifyCaller};
+use super::extract::{ApiJson, ApiPath, VerifyCaller};
 use super::{masked_number, validate, ApiError};
 use crate::app::AppState;
 use crate::clock::rfc3339;
@@ -54,7 +54,7 @@ fn view(st: &AppState, b: &BindingRow) -> BindingView {
 pub async fn bind(
     State(st): State<AppState>,
     _caller: VerifyCaller,
-    Path(account_ref): Path<String>,
+    ApiPath(account_ref): ApiPath<String>,
     ApiJson(body): ApiJson<BindPhone>,
 ) -> Result<Json<BindingView>, ApiError> {
     let account_ref = validate::account_ref(&account_ref)?;
@@ -90,7 +90,7 @@ pub async fn bind(
 pub async fn get(
     State(st): State<AppState>,
     _caller: VerifyCaller,
-    Path(account_ref): Path<String>,
+    ApiPath(account_ref): ApiPath<String>,
 ) -> Result<Json<BindingView>, ApiError> {
     let account_ref = validate::account_ref(&account_ref)?;
     let b = st
@@ -110,7 +110,7 @@ pub async fn get(
 pub async fn unbind(
     State(st): State<AppState>,
     _caller: VerifyCaller,
-    Path(account_ref): Path<String>,
+    ApiPath(account_ref): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let account_ref = validate::account_ref(&account_ref)?;
     if st

@@ -51,6 +51,25 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// A path parameter, whose rejection (percent-encoded bytes that are not UTF-8, for
+/// one) speaks our error format instead of axum's plain text.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Self(p.0))
+            .map_err(|_| {
+                ApiError::InvalidRequest(
+                    "the URL path is malformed (percent-encoded parts must be UTF-8)".into(),
+                )
+            })
+    }
+}
+
 /// Parses a JSON document strictly, turning serde's errors into messages that name the
 /// place of the problem but never repeat the offending value.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {

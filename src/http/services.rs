@@ -3,14 +3,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use ringfence_phone::E164;
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
-use super::extract::{AdminCaller, ApiJson};
+use super::extract::{AdminCaller, ApiJson, ApiPath};
 use super::{validate, ApiError};
 use crate::app::{new_service_id, AppState};
 use crate::clock::rfc3339;
@@ -229,7 +229,7 @@ pub async fn list(
 pub async fn get(
     State(st): State<AppState>,
     _admin: AdminCaller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ServiceView>, ApiError> {
     validate::reference("id", &id, 128).map_err(|_| ApiError::ServiceNotFound)?;
     let rec = st
@@ -254,7 +254,7 @@ pub async fn get(
 pub async fn update(
     State(st): State<AppState>,
     _admin: AdminCaller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(input): ApiJson<ServiceInput>,
 ) -> Result<Json<ServiceView>, ApiError> {
     validate::reference("id", &id, 128).map_err(|_| ApiError::ServiceNotFound)?;

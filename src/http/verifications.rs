@@ -6,7 +6,7 @@
 //! command to the store. Nothing in a response reveals whether a number is bound to an
 //! account: starting a verification never looks at bindings.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,7 +14,7 @@ use ringfence_phone::E164;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::extract::{ApiJson, VerifyCaller};
+use super::extract::{ApiJson, ApiPath, VerifyCaller};
 use super::{masked_number, validate, ApiError};
 use crate::app::AppState;
 use crate::clock::{rfc3339, Millis};
@@ -415,7 +415,7 @@ async fn check_by_id(st: &AppState, id: &str, code: &str) -> Result<Response, Ap
 pub async fn check(
     State(st): State<AppState>,
     _caller: VerifyCaller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<CheckCode>,
 ) -> Result<Response, ApiError> {
     validate::verification_id(&id)?;
@@ -469,7 +469,7 @@ pub async fn check_by_number(
 pub async fn get(
     State(st): State<AppState>,
     _caller: VerifyCaller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     validate::verification_id(&id)?;
     let d = st
@@ -498,7 +498,7 @@ pub async fn get(
 pub async fn cancel(
     State(st): State<AppState>,
     _caller: VerifyCaller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     validate::verification_id(&id)?;
     let now = st.clock.now();
