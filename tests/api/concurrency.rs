@@ -1,0 +1,103 @@
+//! Guarantees under concurrent requests. They come from the database (conditional
+//! updates, unique indexes, one transaction per command), so racing requests over
+//! real HTTP must not break them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::future::join_all;
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_200_racing_correct_checks_exactly_one_approves() {
+    let app = spawn_app().await;
+    let (id, code) = app.started(UK_MOBILE).await;
+
+    let results = join_all((0..200).map(|_| app.check(&id, &code))).await;
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &results {
+        let what = match r.status.as_u16() {
+            200 => format!("200 {}", r.str("status")),
+            s => {
+                r.assert_error(s, r.error_code().unwrap_or("?"));
+                format!("{s} {}", r.error_code().unwrap())
+            }
+        };
+        *outcomes.entry(what).or_default() += 1;
+    }
+    assert_eq!(
+        outcomes,
+        BTreeMap::from([
+            ("200 approved".to_owned(), 1),
+            ("409 verification_not_pending".to_owned(), 199),
+        ]),
+    );
+    let g = app.get_verification(&id).await;
+    assert_eq!(g.str("status"), "approved");
+    assert_eq!(
+        g.num("check_attempts"),
+        0,
+        "a correct code is not a wrong attempt"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_wrong_checks_never_exceed_the_attempt_limit() {
+    let app = spawn_app().await;
+    let (id, code) = app.started(UK_MOBILE).await;
+    let wrong = wrong_code(&code);
+
+    let results = join_all((0..50).map(|_| app.check(&id, &wrong))).await;
+    let pending = results.iter().filter(|r| r.status == 200).count();
+    let exhausted = results
+        .iter()
+        .filter(|r| r.error_code() == Some("max_attempts_reached"))
+        .count();
+    assert_eq!(
+        pending, 4,
+        "four wrong codes leave the verification pending"
+    );
+    assert_eq!(exhausted, 46);
+    let g = app.get_verification(&id).await;
+    assert_eq!(g.str("status"), "max_attempts_reached");
+    assert_eq!(g.num("check_attempts"), 5);
+    app.check(&id, &code)
+        .await
+        .assert_error(429, "max_attempts_reached");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_starts_for_50_new_numbers_all_succeed() {
+    let app = spawn_app().await;
+    let numbers: Vec<String> = (0..50).map(mobile).collect();
+
+    let results = join_all(numbers.iter().map(|n| app.start(n))).await;
+    let mut ids = BTreeSet::new();
+    for (n, r) in numbers.iter().zip(&results) {
+        r.assert_status(201);
+        assert_eq!(r.str("to"), masked(n));
+        ids.insert(r.str("id").to_owned());
+    }
+    assert_eq!(ids.len(), 50, "every number got its own verification");
+    for n in &numbers {
+        assert_eq!(app.wait_for_messages(n, 1).await.len(), 1);
+    }
+    assert_eq!(app.row_counts()["subjects"], 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_starts_for_one_new_number_make_one_verification() {
+    let app = spawn_app().await;
+    let results = join_all((0..20).map(|_| app.start(UK_MOBILE))).await;
+    let created: Vec<&Resp> = results.iter().filter(|r| r.status == 201).collect();
+    assert_eq!(created.len(), 1, "one verification per number and service");
+    for r in results.iter().filter(|r| r.status != 201) {
+        r.assert_error(429, "resend_cooldown");
+    }
+    let counts = app.row_counts();
+    assert_eq!(counts["subjects"], 1);
+    assert_eq!(counts["verifications"], 1);
+    app.wait_for_messages(UK_MOBILE, 1).await;
+    app.outbox_settled().await;
+    assert_eq!(app.messages_to(UK_MOBILE).len(), 1);
+}
