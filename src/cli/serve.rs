@@ -24,17 +24,22 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+/// Where each secret came from, for the start-up report.
+pub type SecretReport = Vec<(&'static str, SecretSource)>;
+
 /// Opens the configured store with the keyring; generates missing secrets.
-pub fn open_store(
-    config: &Config,
-) -> anyhow::Result<(Arc<dyn Store>, Keyring, Vec<(&'static str, SecretSource)>)> {
+pub fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Keyring, SecretReport)> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         anyhow::anyhow!("data_dir: cannot create {}: {e}", config.data_dir.display())
     })?;
     let env = |k: &str| std::env::var(k).ok();
     let (keys, report) = Keyring::load(&config.data_dir, &env, true)?;
     let store: Arc<dyn Store> = match &config.database {
-        DatabaseUrl::Sqlite(path) => Arc::new(SqliteStore::open(path, keys.codes.clone())?),
+        DatabaseUrl::Sqlite(path) => Arc::new(SqliteStore::open(
+            path,
+            keys.codes.clone(),
+            config.durability,
+        )?),
     };
     Ok((store, keys, report))
 }

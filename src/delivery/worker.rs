@@ -103,13 +103,23 @@ impl OutboxWorker {
         let mut tasks = tokio::task::JoinSet::new();
         for item in claim.items {
             let this = self.clone();
-            tasks.spawn(async move { this.deliver(item).await });
+            tasks.spawn(async move { (item.id, this.deliver(item).await) });
         }
-        while tasks.join_next().await.is_some() {}
+        let mut results = Vec::with_capacity(n);
+        while let Some(done) = tasks.join_next().await {
+            if let Ok(r) = done {
+                results.push(r);
+            }
+        }
+        // One write for the whole round. If it fails, the leases run out and the
+        // messages are claimed again.
+        if !results.is_empty() {
+            self.store.finish_outbox(results, self.clock.now()).await?;
+        }
         Ok(n)
     }
 
-    async fn deliver(&self, item: OutboxItem) {
+    async fn deliver(&self, item: OutboxItem) -> DeliveryResult {
         let result = match self.open(&item) {
             None => DeliveryResult::Failed {
                 error: "payload cannot be opened (subject erased or key mismatch)".into(),
@@ -122,14 +132,7 @@ impl OutboxWorker {
         if let DeliveryResult::Failed { error } = &result {
             tracing::warn!(message_id = item.id, verification_id = %item.verification_id, error = %error, "message failed");
         }
-        if let Err(e) = self
-            .store
-            .finish_outbox(item.id, result, self.clock.now())
-            .await
-        {
-            // The lease runs out and the message is claimed again.
-            tracing::error!(message_id = item.id, error = %e, "could not record delivery result");
-        }
+        result
     }
 
     fn after_failure(&self, item: &OutboxItem, e: super::SendError) -> DeliveryResult {

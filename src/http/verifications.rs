@@ -21,8 +21,8 @@ use crate::clock::{rfc3339, Millis};
 use crate::crypto::{self, BlindIndex, DataKey};
 use crate::delivery::Payload;
 use crate::store::{
-    CancelOutcome, CheckOutcome, IdempotencyCmd, NewSubject, SendAttempt, StartCmd, StartOutcome,
-    SubjectRef, SubjectSecrets, VerificationRow,
+    CancelOutcome, CheckOutcome, IdempotencyCmd, NewSubject, Reseal, Sealed, SendAttempt, StartCmd,
+    StartOutcome, SubjectSecrets, VerificationRow,
 };
 use crate::verify::{Channel, OtpCode, Status};
 
@@ -180,40 +180,45 @@ struct Signals<'a> {
     device_id: Option<&'a str>,
 }
 
-/// The subject's data key and how the store should find or create the subject.
-fn subject_key(
-    st: &AppState,
-    found: Option<SubjectSecrets>,
-    number: &E164,
-    bi: &BlindIndex,
-) -> Result<(DataKey, SubjectRef), ApiError> {
-    match found {
-        Some(SubjectSecrets {
-            id,
-            wrapped_key: Some(w),
-            ..
-        }) => {
-            let key = st
-                .keys
-                .kek
-                .unwrap_key(&w, &bi.0)
-                .map_err(|_| ApiError::Internal("subject key does not unwrap".into()))?;
-            Ok((key, SubjectRef::Existing(id)))
+/// What a start seals under the subject's key, ready to be sealed under either a fresh
+/// key (a number seen for the first time) or the subject's existing one.
+struct Sealer {
+    kek: crate::crypto::Kek,
+    blind_index: BlindIndex,
+    /// The message: recipient and body (which holds the code). `None` for test numbers.
+    payload: Option<Payload>,
+    signals: Option<Vec<u8>>,
+}
+
+impl Sealer {
+    fn seal_under(&self, key: &DataKey) -> Sealed {
+        Sealed {
+            message: self
+                .payload
+                .as_ref()
+                .map(|p| p.seal(key, &self.blind_index)),
+            signals_ct: self.signals.as_ref().map(|s| key.seal(s, b"signals")),
         }
-        Some(_) => Err(ApiError::Internal(
-            "subject was erased; re-keying is not supported yet".into(),
-        )),
-        None => {
-            let key = DataKey::generate();
-            let new = NewSubject {
-                wrapped_key: st.keys.kek.wrap(&key, &bi.0),
-                phone_ct: key.seal(number.expose().as_bytes(), super::PHONE_AAD),
-                country_code: number.country_code(),
-                region: number.region().map(str::to_owned),
-                number_type: number.number_type().as_str(),
-            };
-            Ok((key, SubjectRef::New(new)))
-        }
+    }
+
+    /// Seals under a fresh key and describes the new subject, and returns the closure
+    /// the store uses instead when the number already has a subject.
+    fn prepare(self, number: &E164) -> (NewSubject, Sealed, Reseal) {
+        let key = DataKey::generate();
+        let new_subject = NewSubject {
+            wrapped_key: self.kek.wrap(&key, &self.blind_index.0),
+            phone_ct: key.seal(number.expose().as_bytes(), super::PHONE_AAD),
+            country_code: number.country_code(),
+            region: number.region().map(str::to_owned),
+            number_type: number.number_type().as_str(),
+        };
+        let sealed = self.seal_under(&key);
+        let reseal: Reseal = Box::new(move |existing: &SubjectSecrets| {
+            let wrapped = existing.wrapped_key.as_ref()?;
+            let key = self.kek.unwrap_key(wrapped, &existing.blind_index.0).ok()?;
+            Some(self.seal_under(&key))
+        });
+        (new_subject, sealed, reseal)
     }
 }
 
@@ -282,66 +287,53 @@ pub async fn start(
         crypto::sha256(&canonical)
     };
 
-    // Two rounds at most: if another request created the subject between our look-up
-    // and our write, the second round finds it.
-    let mut outcome = None;
-    for _ in 0..2 {
-        let found = st.store.find_subject(&bi).await?;
-        let (key, subject) = subject_key(&st, found, &number, &bi)?;
-        let code = match &test_code {
-            Some(c) => OtpCode::parse(c)
-                .ok_or_else(|| ApiError::Internal("test code is malformed".into()))?,
-            None => OtpCode::generate(service.config.code_length),
-        };
-        let message = test_code.is_none().then(|| {
-            let body = service.config.render(locale.as_deref(), code.expose());
-            Payload {
-                to: number.expose().to_owned(),
-                body,
-            }
-            .seal(&key, &bi)
-        });
-        let signals_ct = (ip.is_some() || user_agent.is_some() || device_id.is_some()).then(|| {
-            let s = Signals {
-                ip: ip.as_deref(),
-                user_agent: user_agent.as_deref(),
-                device_id: device_id.as_deref(),
-            };
-            key.seal(
-                &serde_json::to_vec(&s).expect("signals serialise"),
-                b"signals",
-            )
-        });
-        let cmd = StartCmd {
-            id_if_new: crate::app::new_verification_id(),
-            service_id: service.id.clone(),
-            config: service.config.clone(),
-            blind_index: bi,
-            subject,
-            channel: body.channel,
-            locale: locale.clone(),
-            account_ref: account_ref.clone(),
-            purpose: purpose.clone(),
-            code,
-            message,
-            signals_ct,
-            idempotency: idem.clone().map(|key| IdempotencyCmd {
-                api_key_id: caller.key_id.clone(),
-                key,
-                fingerprint,
-            }),
-            now,
-        };
-        match st.store.start_verification(cmd).await? {
-            StartOutcome::SubjectExists => continue,
-            other => {
-                outcome = Some(other);
-                break;
-            }
+    let code = match &test_code {
+        Some(c) => {
+            OtpCode::parse(c).ok_or_else(|| ApiError::Internal("test code is malformed".into()))?
         }
-    }
+        None => OtpCode::generate(service.config.code_length),
+    };
+    let payload = test_code.is_none().then(|| Payload {
+        to: number.expose().to_owned(),
+        body: service.config.render(locale.as_deref(), code.expose()),
+    });
+    let signals = (ip.is_some() || user_agent.is_some() || device_id.is_some()).then(|| {
+        let s = Signals {
+            ip: ip.as_deref(),
+            user_agent: user_agent.as_deref(),
+            device_id: device_id.as_deref(),
+        };
+        serde_json::to_vec(&s).expect("signals serialise")
+    });
+    let sealer = Sealer {
+        kek: st.keys.kek.clone(),
+        blind_index: bi,
+        payload,
+        signals,
+    };
+    let (new_subject, sealed, reseal) = sealer.prepare(&number);
+    let cmd = StartCmd {
+        id_if_new: crate::app::new_verification_id(),
+        service_id: service.id.clone(),
+        config: service.config.clone(),
+        blind_index: bi,
+        new_subject,
+        sealed,
+        reseal,
+        channel: body.channel,
+        locale,
+        account_ref,
+        purpose,
+        code,
+        idempotency: idem.map(|key| IdempotencyCmd {
+            api_key_id: caller.key_id.clone(),
+            key,
+            fingerprint,
+        }),
+        now,
+    };
     let masked = Some(number.masked());
-    match outcome.ok_or_else(|| ApiError::Unavailable("subject creation raced twice".into()))? {
+    match st.store.start_verification(cmd).await? {
         StartOutcome::Started {
             verification,
             resent,
@@ -373,9 +365,6 @@ pub async fn start(
         }
         StartOutcome::IdempotencyMismatch => Err(ApiError::IdempotencyKeyReused),
         StartOutcome::Refused(why) => Err(why.into()),
-        StartOutcome::SubjectExists => {
-            Err(ApiError::Unavailable("subject creation raced twice".into()))
-        }
     }
 }
 

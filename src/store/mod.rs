@@ -99,13 +99,19 @@ pub struct NewSubject {
     pub number_type: &'static str,
 }
 
-#[derive(Debug, Clone)]
-pub enum SubjectRef {
-    /// The caller found the subject and sealed the message under its key.
-    Existing(i64),
-    /// The caller found no subject and sealed the message under a new key.
-    New(NewSubject),
+/// What a start seals under the subject's key.
+#[derive(Debug, Clone, Default)]
+pub struct Sealed {
+    /// The message (recipient and body); `None` for a test number.
+    pub message: Option<Vec<u8>>,
+    /// Client signals.
+    pub signals_ct: Option<Vec<u8>>,
 }
+
+/// Seals a start's message again under an existing subject's key. The store calls it
+/// inside the transaction when the number already has a subject; it is pure
+/// computation (unwrap the key, encrypt), no I/O.
+pub type Reseal = Box<dyn FnOnce(&SubjectSecrets) -> Option<Sealed> + Send>;
 
 #[derive(Debug)]
 pub struct IdempotencyCmd {
@@ -114,22 +120,22 @@ pub struct IdempotencyCmd {
     pub fingerprint: [u8; 32],
 }
 
-#[derive(Debug)]
+/// A start. The caller prepares it for a number seen for the first time (a new data
+/// key, the number and the message sealed under it); when the subject exists, the store
+/// uses `reseal` instead, so the common case needs no look-up before the write.
 pub struct StartCmd {
     pub id_if_new: String,
     pub service_id: String,
     pub config: Arc<ServiceConfig>,
     pub blind_index: BlindIndex,
-    pub subject: SubjectRef,
+    pub new_subject: NewSubject,
+    pub sealed: Sealed,
+    pub reseal: Reseal,
     pub channel: Channel,
     pub locale: Option<String>,
     pub account_ref: Option<String>,
     pub purpose: Option<String>,
     pub code: OtpCode,
-    /// The sealed message (recipient and body); `None` for a test number.
-    pub message: Option<Vec<u8>>,
-    /// Client signals sealed under the subject's key.
-    pub signals_ct: Option<Vec<u8>>,
     pub idempotency: Option<IdempotencyCmd>,
     pub now: Millis,
 }
@@ -145,8 +151,6 @@ pub enum StartOutcome {
     /// The idempotency key was used before with a different request.
     IdempotencyMismatch,
     Refused(VerifyError),
-    /// The caller sealed for a new subject, but one exists now; look it up and retry.
-    SubjectExists,
 }
 
 /// A verification as stored, without the subject's secrets.
@@ -279,8 +283,6 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> StoreResult<Option<ServiceRecord>>;
 
-    async fn find_subject(&self, bi: &BlindIndex) -> StoreResult<Option<SubjectSecrets>>;
-
     async fn start_verification(&self, cmd: StartCmd) -> StoreResult<StartOutcome>;
     async fn check_verification(
         &self,
@@ -316,7 +318,12 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
         lease_ms: i64,
     ) -> StoreResult<OutboxClaim>;
-    async fn finish_outbox(&self, id: i64, result: DeliveryResult, now: Millis) -> StoreResult<()>;
+    /// Records the outcomes of sends (one transaction for a whole round).
+    async fn finish_outbox(
+        &self,
+        results: Vec<(i64, DeliveryResult)>,
+        now: Millis,
+    ) -> StoreResult<()>;
     /// When the next queued message falls due, if any.
     async fn next_outbox_due(&self) -> StoreResult<Option<Millis>>;
 }

@@ -249,8 +249,10 @@ pub async fn spawn_app() -> TestApp {
     let dir = tempfile::tempdir().expect("temporary directory");
     let db_path = dir.path().join("ringfence.db");
     let keys = Keyring::ephemeral();
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&db_path, keys.codes.clone()).expect("SQLite store opens"));
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&db_path, keys.codes.clone(), Default::default())
+            .expect("SQLite store opens"),
+    );
     let clock = ManualClock::new(SystemClock.now());
     let sink = RecordingSink::new();
     let app = Application::build(AppOptions {

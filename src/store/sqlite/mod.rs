@@ -1,9 +1,16 @@
 //! The embedded SQLite backend: one database file in WAL mode, written by one thread
 //! with group commit (`writer`), read through a small pool of connections.
 //!
-//! Durability: `synchronous=FULL`, so a commit that was acknowledged survives a power
-//! cut as well as a crash of the process. This backend serves exactly one instance and
-//! takes an exclusive lock file in the data directory to make sure of it.
+//! Durability (`Durability`): with `full` (the default) a write is acknowledged only
+//! once it is on disk, so it survives a power cut as well as a crash of the process.
+//! With `normal`, a commit is acknowledged once it is in the operating system's page
+//! cache: it survives a crash of the process (kill -9) but a power cut or kernel crash
+//! can lose what was acknowledged since the last WAL sync; a checkpointer syncs the WAL
+//! every `CHECKPOINT_INTERVAL`, which bounds that window. Checkpoints run on their own
+//! thread and connection, off the write path.
+//!
+//! This backend serves exactly one instance; `ringfence serve` takes a lock file next
+//! to the database to make sure of it.
 
 mod ops;
 mod writer;
@@ -23,12 +30,37 @@ const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"
 
 const READERS: usize = 4;
 
+/// How often the checkpointer moves the WAL into the database (and syncs the WAL).
+pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// When an acknowledged write is safe; see the module documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous=FULL`: on disk before acknowledged.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: in the page cache before acknowledged; synced every
+    /// `CHECKPOINT_INTERVAL`.
+    Normal,
+}
+
+impl Durability {
+    fn pragma(self) -> &'static str {
+        match self {
+            Self::Full => "FULL",
+            Self::Normal => "NORMAL",
+        }
+    }
+}
+
 pub struct SqliteStore {
     writer: Writer,
     readers: Arc<Vec<Mutex<Connection>>>,
     next_reader: AtomicUsize,
     codes: CodeHasher,
     path: PathBuf,
+    /// Dropping it stops the checkpointer thread.
+    _checkpointer: std::sync::mpsc::Sender<()>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -54,17 +86,58 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-fn configure(conn: &Connection) -> rusqlite::Result<()> {
+fn configure(conn: &Connection, durability: Durability) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.execute_batch(
+    conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL;
-         PRAGMA synchronous = FULL;
+         PRAGMA synchronous = {};
          PRAGMA foreign_keys = ON;
          PRAGMA temp_store = MEMORY;
-         PRAGMA cache_size = -16000;",
-    )?;
+         PRAGMA cache_size = -16000;
+         PRAGMA wal_autocheckpoint = 0;",
+        durability.pragma()
+    ))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
+}
+
+/// Checkpoints the WAL every `CHECKPOINT_INTERVAL` on a connection of its own, so the
+/// writer never pays for it, until `stop` is dropped.
+fn spawn_checkpointer(
+    path: &Path,
+    durability: Durability,
+) -> anyhow::Result<std::sync::mpsc::Sender<()>> {
+    let conn = Connection::open(path)?;
+    configure(&conn, durability)?;
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("ringfence-sqlite-checkpoint".into())
+        .spawn(move || {
+            use std::sync::mpsc::RecvTimeoutError;
+            while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(CHECKPOINT_INTERVAL) {
+                // PASSIVE never blocks the writer or readers; frames it cannot copy yet are
+                // copied next time. Once the WAL grows past 64 MiB, RESTART waits for
+                // readers so the WAL file can start over instead of growing without bound.
+                let size = std::fs::metadata(wal_path(conn.path().unwrap_or_default()))
+                    .map(|m| m.len())
+                    .unwrap_or(0);
+                let mode = if size > 64 << 20 {
+                    "RESTART"
+                } else {
+                    "PASSIVE"
+                };
+                if let Err(e) =
+                    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+                {
+                    tracing::warn!(error = %e, "WAL checkpoint failed");
+                }
+            }
+        })?;
+    Ok(tx)
+}
+
+fn wal_path(db: &str) -> PathBuf {
+    PathBuf::from(format!("{db}-wal"))
 }
 
 fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
@@ -100,12 +173,12 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and applies migrations.
-    pub fn open(path: &Path, codes: CodeHasher) -> anyhow::Result<Self> {
+    pub fn open(path: &Path, codes: CodeHasher, durability: Durability) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
         let mut conn = Connection::open(path)?;
-        configure(&conn)?;
+        configure(&conn, durability)?;
         migrate(&mut conn)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
@@ -119,7 +192,9 @@ impl SqliteStore {
             r.set_prepared_statement_cache_capacity(64);
             readers.push(Mutex::new(r));
         }
+        let checkpointer = spawn_checkpointer(path, durability)?;
         Ok(Self {
+            _checkpointer: checkpointer,
             writer: Writer::spawn(conn),
             readers: Arc::new(readers),
             next_reader: AtomicUsize::new(0),
@@ -202,11 +277,6 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn find_subject(&self, bi: &BlindIndex) -> StoreResult<Option<SubjectSecrets>> {
-        let bi = *bi;
-        self.read(move |c| ops::find_subject(c, &bi)).await
-    }
-
     async fn start_verification(&self, cmd: StartCmd) -> StoreResult<StartOutcome> {
         let codes = self.codes.clone();
         self.writer.write(move |c| ops::start(c, &codes, cmd)).await
@@ -276,13 +346,17 @@ impl Store for SqliteStore {
         lease_ms: i64,
     ) -> StoreResult<OutboxClaim> {
         self.writer
-            .write(move |c| ops::claim_outbox(c, now, limit, lease_ms))
+            .write_unguarded(move |c| ops::claim_outbox(c, now, limit, lease_ms))
             .await
     }
 
-    async fn finish_outbox(&self, id: i64, result: DeliveryResult, now: Millis) -> StoreResult<()> {
+    async fn finish_outbox(
+        &self,
+        results: Vec<(i64, DeliveryResult)>,
+        now: Millis,
+    ) -> StoreResult<()> {
         self.writer
-            .write(move |c| ops::finish_outbox(c, id, &result, now))
+            .write_unguarded(move |c| ops::finish_outbox(c, &results, now))
             .await
     }
 

@@ -146,20 +146,12 @@ fn subject_from(r: &Row<'_>, at: usize) -> rusqlite::Result<SubjectSecrets> {
     })
 }
 
-pub fn find_subject(c: &Connection, bi: &BlindIndex) -> StoreResult<Option<SubjectSecrets>> {
+fn find_subject(c: &Connection, bi: &BlindIndex) -> StoreResult<Option<SubjectSecrets>> {
     Ok(c.prepare_cached(
         "SELECT id, blind_index, wrapped_key, phone_ct FROM subjects WHERE blind_index = ?1",
     )?
     .query_row([&bi.0[..]], |r| subject_from(r, 0))
     .optional()?)
-}
-
-fn subject_id(c: &Connection, bi: &BlindIndex) -> StoreResult<Option<i64>> {
-    Ok(
-        c.prepare_cached("SELECT id FROM subjects WHERE blind_index = ?1")?
-            .query_row([&bi.0[..]], |r| r.get(0))
-            .optional()?,
-    )
 }
 
 // ---------------------------------------------------------------- verifications
@@ -233,22 +225,38 @@ fn enqueue(
     c: &Connection,
     verification_id: &str,
     subject_id: i64,
-    cmd: &StartCmd,
+    channel: verify::Channel,
     payload: &[u8],
+    now: Millis,
     not_after: Millis,
 ) -> StoreResult<()> {
     c.prepare_cached(
         "INSERT INTO outbox (verification_id, subject_id, channel, payload, status, next_attempt_at, not_after, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?5, ?5)",
     )?
-    .execute(params![verification_id, subject_id, cmd.channel.as_str(), payload, cmd.now, not_after])?;
+    .execute(params![verification_id, subject_id, channel.as_str(), payload, now, not_after])?;
     Ok(())
 }
 
 pub fn start(c: &Connection, codes: &CodeHasher, cmd: StartCmd) -> StoreResult<StartOutcome> {
-    let now = cmd.now;
+    let StartCmd {
+        id_if_new,
+        service_id,
+        config,
+        blind_index,
+        new_subject,
+        sealed,
+        reseal,
+        channel,
+        locale,
+        account_ref,
+        purpose,
+        code,
+        idempotency,
+        now,
+    } = cmd;
     // An idempotent retry answers with what the first request created, sending nothing.
-    if let Some(idem) = &cmd.idempotency {
+    if let Some(idem) = &idempotency {
         let earlier: Option<(Vec<u8>, String)> = c
             .prepare_cached("SELECT fingerprint, verification_id FROM idempotency_keys WHERE api_key_id = ?1 AND key = ?2")?
             .query_row(params![idem.api_key_id, idem.key], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -261,70 +269,103 @@ pub fn start(c: &Connection, codes: &CodeHasher, cmd: StartCmd) -> StoreResult<S
         }
     }
 
-    let subject_id = match (&cmd.subject, subject_id(c, &cmd.blind_index)?) {
-        (SubjectRef::Existing(id), _) => *id,
-        (SubjectRef::New(_), Some(_)) => return Ok(StartOutcome::SubjectExists),
-        (SubjectRef::New(s), None) => {
+    // The common case at sign-up is a number never seen before: the caller sealed
+    // everything under a fresh key already. A known number is sealed again under its own.
+    let (subject_id, sealed, known) = match find_subject(c, &blind_index)? {
+        Some(existing) if existing.wrapped_key.is_some() => {
+            let sealed =
+                reseal(&existing).ok_or_else(|| internal("subject key does not unwrap"))?;
+            (existing.id, sealed, true)
+        }
+        Some(_) => {
+            return Err(internal(
+                "the subject of this number was erased; re-keying is not supported yet",
+            ))
+        }
+        None => {
+            let s = &new_subject;
             c.prepare_cached(
                 "INSERT INTO subjects (blind_index, wrapped_key, phone_ct, country_code, region, number_type, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(params![&cmd.blind_index.0[..], s.wrapped_key, s.phone_ct, s.country_code, s.region, s.number_type, now])?;
-            c.last_insert_rowid()
+            .execute(params![&blind_index.0[..], s.wrapped_key, s.phone_ct, s.country_code, s.region, s.number_type, now])?;
+            (c.last_insert_rowid(), sealed, false)
         }
     };
 
-    let locked_until: Option<Millis> = c
-        .prepare_cached("SELECT until FROM lockouts WHERE subject_id = ?1 AND service_id = ?2")?
-        .query_row(params![subject_id, cmd.service_id], |r| r.get(0))
-        .optional()?;
-    let pending: Option<(String, PendingState)> = c
-        .prepare_cached(
-            "SELECT id, expires_at, sends, last_sent_at FROM verifications
-             WHERE subject_id = ?1 AND service_id = ?2 AND status = 'pending'",
-        )?
-        .query_row(params![subject_id, cmd.service_id], |r| {
-            Ok((
-                r.get(0)?,
-                PendingState {
-                    expires_at: r.get(1)?,
-                    sends: r.get(2)?,
-                    last_sent_at: r.get(3)?,
-                },
-            ))
+    // A subject created just now has no lockout and no pending verification.
+    let locked_until: Option<Millis> = if known {
+        c.prepare_cached("SELECT until FROM lockouts WHERE subject_id = ?1 AND service_id = ?2")?
+            .query_row(params![subject_id, service_id], |r| r.get(0))
+            .optional()?
+    } else {
+        None
+    };
+    let pending: Option<(VerificationRow, Millis)> = if known {
+        c.prepare_cached(&format!(
+            "SELECT {VERIFICATION_COLUMNS}, v.last_sent_at FROM verifications v
+             WHERE v.subject_id = ?1 AND v.service_id = ?2 AND v.status = 'pending'"
+        ))?
+        .query_row(params![subject_id, service_id], |r| {
+            Ok((verification_from(r)?, r.get(17)?))
         })
-        .optional()?;
+        .optional()?
+    } else {
+        None
+    };
+    let pending_state = pending.as_ref().map(|(v, last)| PendingState {
+        expires_at: v.expires_at,
+        sends: v.sends,
+        last_sent_at: *last,
+    });
 
-    let plan = match verify::plan_start(
-        pending.as_ref().map(|p| &p.1),
-        locked_until,
-        &cmd.config,
-        now,
-    ) {
+    let plan = match verify::plan_start(pending_state.as_ref(), locked_until, &config, now) {
         Ok(plan) => plan,
         Err(why) => return Ok(StartOutcome::Refused(why)),
     };
-    let expires_at = now + i64::from(cmd.config.ttl_seconds) * 1000;
-    let (id, resent) = match (plan, pending) {
-        (StartPlan::Resend, Some((id, _))) => {
+    let expires_at = now + i64::from(config.ttl_seconds) * 1000;
+    let (row, resent) = match (plan, pending) {
+        (StartPlan::Resend, Some((mut row, _))) => {
             // A new code replaces the old one; wrong guesses so far still count.
-            let hash = codes.hash(&id, cmd.code.expose());
+            let hash = codes.hash(&row.id, code.expose());
             c.prepare_cached(
                 "UPDATE verifications SET code_hash = ?2, channel = ?3, sends = sends + 1, last_sent_at = ?4,
                         expires_at = ?5, updated_at = ?4
                  WHERE id = ?1 AND status = 'pending' AND sends < max_sends",
             )?
-            .execute(params![id, &hash[..], cmd.channel.as_str(), now, expires_at])?;
+            .execute(params![row.id, &hash[..], channel.as_str(), now, expires_at])?;
             // Messages with the superseded code must not go out any more.
-            end_queued_messages(c, &id, "canceled", now)?;
-            (id, true)
+            end_queued_messages(c, &row.id, "canceled", now)?;
+            row.channel = channel;
+            row.sends += 1;
+            row.updated_at = now;
+            row.expires_at = expires_at;
+            (row, true)
         }
         (plan, pending) => {
             if let (StartPlan::New { expire_stale: true }, Some((old, _))) = (&plan, &pending) {
-                expire(c, old, now)?;
+                expire(c, &old.id, now)?;
             }
-            let id = cmd.id_if_new.clone();
-            let hash = codes.hash(&id, cmd.code.expose());
+            let hash = codes.hash(&id_if_new, code.expose());
+            let row = VerificationRow {
+                id: id_if_new,
+                service_id,
+                subject_id,
+                status: verify::Status::Pending,
+                channel,
+                locale,
+                account_ref,
+                purpose,
+                sends: 1,
+                max_sends: config.max_sends,
+                attempts: 0,
+                max_attempts: config.max_check_attempts,
+                test_number: sealed.message.is_none(),
+                created_at: now,
+                updated_at: now,
+                expires_at,
+                approved_at: None,
+            };
             c.prepare_cached(
                 "INSERT INTO verifications (id, service_id, subject_id, status, channel, code_hash, locale, account_ref,
                     purpose, signals_ct, sends, max_sends, attempts, max_attempts, lockout_ms, test_number, created_at,
@@ -332,37 +373,37 @@ pub fn start(c: &Connection, codes: &CodeHasher, cmd: StartCmd) -> StoreResult<S
                  VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, 1, ?10, 0, ?11, ?12, ?13, ?14, ?14, ?15, ?14)",
             )?
             .execute(params![
-                id,
-                cmd.service_id,
+                row.id,
+                row.service_id,
                 subject_id,
-                cmd.channel.as_str(),
+                channel.as_str(),
                 &hash[..],
-                cmd.locale,
-                cmd.account_ref,
-                cmd.purpose,
-                cmd.signals_ct,
-                cmd.config.max_sends,
-                cmd.config.max_check_attempts,
-                i64::from(cmd.config.lockout_seconds) * 1000,
-                cmd.message.is_none(),
+                row.locale,
+                row.account_ref,
+                row.purpose,
+                sealed.signals_ct,
+                row.max_sends,
+                row.max_attempts,
+                i64::from(config.lockout_seconds) * 1000,
+                row.test_number,
                 now,
                 expires_at,
             ])
             .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("pending_verification") } else { e.into() })?;
-            (id, false)
+            (row, false)
         }
     };
-    if let Some(payload) = &cmd.message {
-        enqueue(c, &id, subject_id, &cmd, payload, expires_at)?;
+    if let Some(payload) = &sealed.message {
+        enqueue(c, &row.id, subject_id, channel, payload, now, expires_at)?;
     }
-    if let Some(idem) = &cmd.idempotency {
+    if let Some(idem) = &idempotency {
         c.prepare_cached(
             "INSERT INTO idempotency_keys (api_key_id, key, fingerprint, verification_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
-        .execute(params![idem.api_key_id, idem.key, &idem.fingerprint[..], id, now])?;
+        .execute(params![idem.api_key_id, idem.key, &idem.fingerprint[..], row.id, now])?;
     }
     Ok(StartOutcome::Started {
-        verification: load_verification_required(c, &id)?,
+        verification: row,
         resent,
     })
 }
@@ -678,10 +719,16 @@ pub fn claim_outbox(
 
 pub fn finish_outbox(
     c: &Connection,
-    id: i64,
-    result: &DeliveryResult,
+    results: &[(i64, DeliveryResult)],
     now: Millis,
 ) -> StoreResult<()> {
+    for (id, result) in results {
+        finish_one(c, *id, result, now)?;
+    }
+    Ok(())
+}
+
+fn finish_one(c: &Connection, id: i64, result: &DeliveryResult, now: Millis) -> StoreResult<()> {
     match result {
         DeliveryResult::Sent { provider_ref } => {
             c.prepare_cached(

@@ -20,11 +20,16 @@ const MAX_BATCH: usize = 512;
 trait Job: Send {
     /// Runs the job's statements; `false` asks to roll back its savepoint.
     fn run(&mut self, conn: &Connection) -> bool;
+    /// Whether the job needs its own savepoint (several statements that must apply
+    /// together). Savepoints cost page copies into the sub-journal, so jobs whose
+    /// partial effect is harmless go without.
+    fn guarded(&self) -> bool;
     /// Delivers the result once the batch's fate is known.
     fn finish(self: Box<Self>, committed: Result<(), String>);
 }
 
 struct TypedJob<T, F> {
+    guarded: bool,
     f: Option<F>,
     out: Option<StoreResult<T>>,
     reply: oneshot::Sender<StoreResult<T>>,
@@ -41,6 +46,10 @@ where
         let ok = r.is_ok();
         self.out = Some(r);
         ok
+    }
+
+    fn guarded(&self) -> bool {
+        self.guarded
     }
 
     fn finish(self: Box<Self>, committed: Result<(), String>) {
@@ -72,15 +81,34 @@ impl Writer {
         Self { tx }
     }
 
-    /// Runs `f` inside the next group-committed transaction and returns its result
-    /// once committed.
+    /// Runs `f` inside the next group-committed transaction, in a savepoint of its own
+    /// (an error rolls back exactly its writes), and returns its result once committed.
     pub async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.submit(true, f).await
+    }
+
+    /// Like `write`, without a savepoint: for jobs of one statement, or whose partial
+    /// effect after an error is harmless (an error still fails the job, not the batch).
+    pub async fn write_unguarded<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.submit(false, f).await
+    }
+
+    async fn submit<T, F>(&self, guarded: bool, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
         let job = Box::new(TypedJob {
+            guarded,
             f: Some(f),
             out: None,
             reply,
@@ -122,16 +150,21 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), String
     exec(conn, "BEGIN IMMEDIATE").map_err(|e| e.to_string())?;
     let result = (|| {
         for job in batch.iter_mut() {
-            exec(conn, "SAVEPOINT job")?;
+            let guarded = job.guarded();
+            if guarded {
+                exec(conn, "SAVEPOINT job")?;
+            }
             // A panicking job is a bug; it must not take the writer (and every later
             // request) down with it, so it is rolled back like a failed job.
             let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run(conn)))
                 .unwrap_or(false);
-            if ok {
-                exec(conn, "RELEASE job")?;
-            } else {
-                exec(conn, "ROLLBACK TO job")?;
-                exec(conn, "RELEASE job")?;
+            match (guarded, ok) {
+                (false, _) => {}
+                (true, true) => exec(conn, "RELEASE job")?,
+                (true, false) => {
+                    exec(conn, "ROLLBACK TO job")?;
+                    exec(conn, "RELEASE job")?;
+                }
             }
         }
         exec(conn, "COMMIT")

@@ -86,7 +86,7 @@ CREATE TABLE outbox (
     created_at      INTEGER NOT NULL,
     updated_at      INTEGER NOT NULL
 );
-CREATE INDEX outbox_due ON outbox(next_attempt_at) WHERE status IN ('queued', 'sending');
+CREATE INDEX outbox_due ON outbox(next_attempt_at) WHERE status IN ('queued', 'sending', 'retry');
 CREATE INDEX outbox_verification ON outbox(verification_id);
 
 -- An integrator's account bound to a subject. Ended bindings stay as tombstones so the

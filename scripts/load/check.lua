@@ -1,0 +1,36 @@
+-- wrk script: POST /v1/verifications/{id}/check with the right code, each pending
+-- verification once. Reads "id code" lines from $PAIRS; thread k takes lines k, k+n, …
+local threads = {}
+local pairs_ = {}
+local i = 0
+
+function setup(thread)
+  thread:set("tid", #threads)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  local tid = tonumber(wrk.thread:get("tid")) or 0
+  local n = tonumber(os.getenv("WRK_THREADS") or "4")
+  local line_no = 0
+  for line in io.lines(os.getenv("PAIRS")) do
+    if line_no % n == tid then
+      local id, code = line:match("^(%S+) (%S+)$")
+      table.insert(pairs_, { id, code })
+    end
+    line_no = line_no + 1
+  end
+end
+
+request = function()
+  i = i + 1
+  local p = pairs_[((i - 1) % #pairs_) + 1]
+  return wrk.format("POST", "/v1/verifications/" .. p[1] .. "/check", {
+    ["Content-Type"] = "application/json",
+    ["Authorization"] = "Bearer " .. os.getenv("RINGFENCE_KEY"),
+  }, '{"code":"' .. p[2] .. '"}')
+end
+
+done = function(summary, latency, requests)
+  io.write(string.format("non-2xx responses: %d\n", summary.errors.status))
+end
