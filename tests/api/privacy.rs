@@ -16,7 +16,13 @@ fn files_in(dir: &Path) -> Vec<(String, Vec<u8>)> {
         let entry = entry.unwrap();
         if entry.file_type().unwrap().is_file() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            out.push((name, std::fs::read(entry.path()).unwrap()));
+            // SQLite may remove a file (a -journal, the -wal at close) between the
+            // listing and the read; a file that is gone holds nothing readable.
+            match std::fs::read(entry.path()) {
+                Ok(bytes) => out.push((name, bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => panic!("cannot read {name}: {e}"),
+            }
         }
     }
     out
