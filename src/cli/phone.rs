@@ -12,6 +12,7 @@ use std::io::{self, BufRead, BufWriter, IsTerminal, Write};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{mpsc, Mutex};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -217,6 +218,22 @@ mod bulk {
         numbers_on_several_rows: u64,
     }
 
+    /// A chunk of rows in flight, numbered so the writer can restore input order.
+    struct Chunk {
+        seq: u64,
+        /// How far into the file the reader was after this chunk, for the progress bar.
+        end_byte: u64,
+        records: Vec<csv::ByteRecord>,
+        outcomes: Vec<Outcome>,
+    }
+
+    /// Reads `input`, classifies the `column` on `threads` worker threads and writes the
+    /// rows with the added columns to `output`, in input order.
+    ///
+    /// A pipeline: one thread reads chunks of rows, the workers classify them and append
+    /// the columns, and this thread writes them back in order and keeps the summary.
+    /// Channels are bounded, so memory stays at a few chunks whatever the file size, and
+    /// chunks' record buffers go back to the reader to be reused.
     pub(super) fn normalise(
         input: &Path,
         column: &str,
@@ -265,34 +282,76 @@ mod bulk {
         let progress = progress_bar(size);
         let mut summary = Summary::default();
         let mut seen: HashMap<u128, u32> = HashMap::new();
-        // Records are reused from chunk to chunk: reading one clears it.
-        let mut records: Vec<csv::ByteRecord> = Vec::with_capacity(CHUNK_ROWS);
-        let mut outcomes: Vec<Outcome> = Vec::with_capacity(CHUNK_ROWS);
-        loop {
-            let mut filled = 0;
-            while filled < CHUNK_ROWS {
-                if filled == records.len() {
-                    records.push(csv::ByteRecord::new());
+        let threads = threads.max(1);
+        let (work_tx, work_rx) = mpsc::sync_channel::<Chunk>(threads);
+        let work_rx = Mutex::new(work_rx);
+        let (done_tx, done_rx) = mpsc::sync_channel::<Chunk>(threads * 2);
+        let (free_tx, free_rx) = mpsc::channel::<Vec<csv::ByteRecord>>();
+
+        std::thread::scope(|scope| -> anyhow::Result<()> {
+            let reading = scope.spawn(move || -> anyhow::Result<()> {
+                for seq in 0.. {
+                    let mut records = free_rx.try_recv().unwrap_or_default();
+                    let mut filled = 0;
+                    while filled < CHUNK_ROWS {
+                        if filled == records.len() {
+                            records.push(csv::ByteRecord::new());
+                        }
+                        if !reader.read_byte_record(&mut records[filled])? {
+                            break;
+                        }
+                        filled += 1;
+                    }
+                    if filled == 0 {
+                        break;
+                    }
+                    records.truncate(filled);
+                    let chunk = Chunk {
+                        seq,
+                        end_byte: reader.position().byte(),
+                        records,
+                        outcomes: Vec::new(),
+                    };
+                    if work_tx.send(chunk).is_err() {
+                        break; // the writer stopped on an error of its own
+                    }
                 }
-                if !reader.read_byte_record(&mut records[filled])? {
-                    break;
+                Ok(())
+            });
+            for _ in 0..threads {
+                let done_tx = done_tx.clone();
+                let work_rx = &work_rx;
+                scope.spawn(move || loop {
+                    let next = work_rx.lock().map(|rx| rx.recv());
+                    let Ok(Ok(mut chunk)) = next else { break };
+                    classify_chunk(&mut chunk, index, region);
+                    if done_tx.send(chunk).is_err() {
+                        break;
+                    }
+                });
+            }
+            drop(done_tx);
+
+            // Write in input order; chunks that arrive early wait in `pending`.
+            let mut pending: BTreeMap<u64, Chunk> = BTreeMap::new();
+            let mut next_seq = 0;
+            for chunk in done_rx {
+                pending.insert(chunk.seq, chunk);
+                while let Some(chunk) = pending.remove(&next_seq) {
+                    for (record, outcome) in chunk.records.iter().zip(&chunk.outcomes) {
+                        summary.count(outcome, &mut seen);
+                        writer.write_byte_record(record)?;
+                    }
+                    if let Some(bar) = &progress {
+                        bar.set_position(chunk.end_byte);
+                    }
+                    let _ = free_tx.send(chunk.records);
+                    next_seq += 1;
                 }
-                filled += 1;
             }
-            if filled == 0 {
-                break;
-            }
-            let rows = &mut records[..filled];
-            classify_chunk(rows, index, region, threads, &mut outcomes);
-            for (record, outcome) in rows.iter_mut().zip(&outcomes) {
-                summary.count(outcome, &mut seen);
-                append(record, outcome);
-                writer.write_byte_record(record)?;
-            }
-            if let Some(bar) = &progress {
-                bar.set_position(reader.position().byte());
-            }
-        }
+            reading.join().expect("reader thread panicked")?;
+            Ok(())
+        })?;
         writer.flush()?;
         if let Some(bar) = progress {
             bar.finish_and_clear();
@@ -316,39 +375,15 @@ mod bulk {
         Some(bar)
     }
 
-    /// Classifies the chunk's numbers on `threads` threads, keeping row order.
-    fn classify_chunk(
-        rows: &[csv::ByteRecord],
-        index: usize,
-        region: Option<DefaultRegion>,
-        threads: usize,
-        outcomes: &mut Vec<Outcome>,
-    ) {
-        let classify = |rows: &[csv::ByteRecord]| -> Vec<Outcome> {
-            rows.iter()
-                .map(|r| {
-                    let field = r.get(index).unwrap_or_default();
-                    classify_number(&String::from_utf8_lossy(field), region)
-                })
-                .collect()
-        };
-        outcomes.clear();
-        let per_thread = rows.len().div_ceil(threads.max(1));
-        if threads <= 1 || rows.len() < 1024 {
-            outcomes.extend(classify(rows));
-            return;
+    /// Classifies a chunk's numbers and appends the added columns to its rows.
+    fn classify_chunk(chunk: &mut Chunk, index: usize, region: Option<DefaultRegion>) {
+        chunk.outcomes.clear();
+        for record in &mut chunk.records {
+            let field = record.get(index).unwrap_or_default();
+            let outcome = classify_number(&String::from_utf8_lossy(field), region);
+            append(record, &outcome);
+            chunk.outcomes.push(outcome);
         }
-        std::thread::scope(|scope| {
-            let mut parts = rows.chunks(per_thread);
-            let first = parts.next().unwrap_or_default();
-            let handles: Vec<_> = parts
-                .map(|part| scope.spawn(move || classify(part)))
-                .collect();
-            outcomes.extend(classify(first));
-            for handle in handles {
-                outcomes.extend(handle.join().expect("classifier thread panicked"));
-            }
-        });
     }
 
     fn classify_number(text: &str, region: Option<DefaultRegion>) -> Outcome {

@@ -70,7 +70,7 @@ struct Checked {
 /// Parses, validates and classifies `input` in the optional default region.
 pub fn check(input: &str, region: Option<DefaultRegion>) -> Report {
     let outcome = Parsed::parse(input, region).map(|(parsed, number)| Checked {
-        valid: PHONE_NUMBER_UTIL.is_valid_number(&number),
+        valid: parsed.is_valid(),
         possible: Possibility::from_port(PHONE_NUMBER_UTIL.is_possible_number_with_reason(&number)),
         parsed,
     });

@@ -300,6 +300,15 @@ impl Parsed {
         Ok((parsed, number))
     }
 
+    /// libphonenumber's `isValidNumber`. It holds exactly when the number type is known:
+    /// both look the number up in the metadata of the region `getRegionCodeForNumber`
+    /// picks and test the same patterns (and a number without region has unknown type).
+    /// Reading it off the type saves a second pass over the patterns; the fixture corpus
+    /// checks the equivalence on every case.
+    pub(crate) fn is_valid(&self) -> bool {
+        self.number_type != NumberType::Unknown
+    }
+
     /// The port's number, for formatting (no extension, no raw input).
     pub(crate) fn to_port(&self) -> PhoneNumber {
         PhoneNumber {
@@ -401,8 +410,8 @@ impl E164 {
 
     /// [`E164::parse`] with an already checked default region.
     pub fn parse_in(input: &str, region: Option<DefaultRegion>) -> Result<Self, PhoneError> {
-        let (parsed, number) = Parsed::parse(input, region)?;
-        if PHONE_NUMBER_UTIL.is_valid_number(&number) {
+        let (parsed, _) = Parsed::parse(input, region)?;
+        if parsed.is_valid() {
             Ok(Self(parsed))
         } else {
             Err(PhoneError::NotValid)
