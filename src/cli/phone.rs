@@ -12,7 +12,7 @@ use std::io::{self, BufRead, BufWriter, IsTerminal, Write};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{mpsc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -284,7 +284,9 @@ mod bulk {
         let mut seen: HashMap<u128, u32> = HashMap::new();
         let threads = threads.max(1);
         let (work_tx, work_rx) = mpsc::sync_channel::<Chunk>(threads);
-        let work_rx = Mutex::new(work_rx);
+        // Only the workers hold the receiving end: once they are gone (the writer
+        // stopped), the reader's next send fails and it stops too.
+        let work_rx = Arc::new(Mutex::new(work_rx));
         let (done_tx, done_rx) = mpsc::sync_channel::<Chunk>(threads * 2);
         let (free_tx, free_rx) = mpsc::channel::<Vec<csv::ByteRecord>>();
 
@@ -320,7 +322,7 @@ mod bulk {
             });
             for _ in 0..threads {
                 let done_tx = done_tx.clone();
-                let work_rx = &work_rx;
+                let work_rx = Arc::clone(&work_rx);
                 scope.spawn(move || loop {
                     let next = work_rx.lock().map(|rx| rx.recv());
                     let Ok(Ok(mut chunk)) = next else { break };
@@ -331,6 +333,7 @@ mod bulk {
                 });
             }
             drop(done_tx);
+            drop(work_rx);
 
             // Write in input order; chunks that arrive early wait in `pending`.
             let mut pending: BTreeMap<u64, Chunk> = BTreeMap::new();
