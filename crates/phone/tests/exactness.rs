@@ -124,3 +124,40 @@ fn carrier_and_time_zones_agree_with_libphonenumber_mappers() {
         mismatches[..mismatches.len().min(30)].join("\n")
     );
 }
+
+/// Over every valid number of the corpus: `Display` and `Debug` show the masked form
+/// only, and the masked form keeps the country code, hides at least half of the
+/// national number and shows at most its last four digits.
+#[test]
+fn masked_forms_hide_every_valid_number() {
+    let mut checked = 0;
+    for row in rows(CORPUS) {
+        let input = text(&row, "input").expect("input");
+        let Ok(number) = E164::parse(input, text(&row, "default_region")) else {
+            continue;
+        };
+        checked += 1;
+        let masked = number.masked();
+        assert_eq!(number.to_string(), masked);
+        assert_eq!(format!("{number:?}"), format!("E164({masked})"));
+        assert!(
+            masked.starts_with(&format!("+{}", number.country_code())),
+            "{masked}"
+        );
+
+        let nsn = number.national_significant_number();
+        let shown: String = masked
+            .chars()
+            .filter(char::is_ascii_digit)
+            .skip(number.country_code().to_string().len())
+            .collect();
+        let hidden = masked
+            .chars()
+            .filter(|&c| c == ringfence_phone::MASK_CHAR)
+            .count();
+        assert_eq!(hidden + shown.len(), nsn.len(), "{masked}");
+        assert!(hidden * 2 >= nsn.len() && shown.len() <= 4, "{masked}");
+        assert!(nsn.ends_with(&shown), "{masked}");
+    }
+    assert!(checked > 10_000, "only {checked} valid numbers");
+}
