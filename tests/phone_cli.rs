@@ -56,11 +56,15 @@ fn arguments_give_one_text_line_each() {
             "valid",
             "mobile",
             "GB",
+            "is_possible",
             "Three",
             "Europe/Guernsey,Europe/Isle_of_Man,Europe/Jersey,Europe/London"
         ]
     );
-    assert_eq!(lines[1][..3], ["hello", "-", "not_a_number"]);
+    assert_eq!(
+        lines[1],
+        ["hello", "-", "not_a_number", "-", "-", "-", "-", "-"]
+    );
     assert_eq!(
         lines[2][1..5],
         ["+16502530000", "valid", "fixed_line_or_mobile", "US"]

@@ -154,13 +154,14 @@ fn write_line(
         writeln!(out)?;
         return Ok(());
     }
-    // Text: input, E.164, verdict, type, region, carrier, time zones; tab-separated
-    // with "-" for nothing. Tabs and line breaks inside the input become spaces.
+    // Text: input, E.164, verdict, type, region, length verdict, carrier, time zones;
+    // tab-separated with "-" for nothing. Tabs and line breaks inside the input become
+    // spaces.
     let input = input.replace(['\t', '\n', '\r'], " ");
     let verdict = match (report.error(), report.is_valid()) {
         (Some(kind), _) => kind.as_str(),
         (None, true) => "valid",
-        (None, false) => report.possible().map_or("invalid", Possibility::as_str),
+        (None, false) => "invalid",
     };
     let zones = report
         .time_zones()
@@ -168,10 +169,11 @@ fn write_line(
         .filter(|z| !z.is_empty());
     writeln!(
         out,
-        "{input}\t{}\t{verdict}\t{}\t{}\t{}\t{}",
+        "{input}\t{}\t{verdict}\t{}\t{}\t{}\t{}\t{}",
         report.expose_e164().unwrap_or("-"),
         report.number_type().map_or("-", NumberType::as_str),
         report.region().unwrap_or("-"),
+        report.possible().map_or("-", Possibility::as_str),
         report.carrier().unwrap_or("-"),
         zones.as_deref().unwrap_or("-"),
     )?;
