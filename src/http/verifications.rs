@@ -339,7 +339,7 @@ pub async fn start(
             resent,
         } => {
             st.outbox_wake.notify_one();
-            tracing::info!(
+            tracing::debug!(
                 verification_id = %verification.id,
                 subject = %bi.short(),
                 region = number.region().unwrap_or("-"),
@@ -375,7 +375,7 @@ async fn check_by_id(st: &AppState, id: &str, code: &str) -> Result<Response, Ap
     match outcome {
         CheckOutcome::NotFound => Err(ApiError::VerificationNotFound),
         CheckOutcome::Approved(v) => {
-            tracing::info!(verification_id = %v.row.id, "verification approved");
+            tracing::debug!(verification_id = %v.row.id, "verification approved");
             let to = masked_number(st, &v.subject);
             Ok(Json(VerificationView::new(&v.row, to, now)).into_response())
         }

@@ -1,11 +1,13 @@
 //! One-time codes: uniform decimal digits from the operating system's CSPRNG.
 //!
-//! Each digit is drawn with `gen_range(0..10)`, which rejects out-of-range samples
-//! instead of reducing modulo 10, so every code of the configured length is equally
-//! likely (no modulo bias). A 6-digit code has log2(10^6) ≈ 19.9 bits of entropy.
+//! Digits come from random bytes by rejection: a byte below 250 gives the digit
+//! `byte % 10` (250 is a multiple of 10, so each digit has exactly 25 bytes), a byte of
+//! 250–255 is thrown away. Every code of the configured length is therefore equally
+//! likely (no modulo bias). A 6-digit code has log2(10^6) ≈ 19.9 bits of entropy. The
+//! bytes are fetched from the OS in one call per code, not one per digit.
 
 use rand::rngs::OsRng;
-use rand::Rng;
+use rand::RngCore;
 use zeroize::Zeroize;
 
 /// A code as typed by a person: 4 to 10 ASCII digits. Never printed by `Debug`.
@@ -19,12 +21,14 @@ impl OtpCode {
     /// A new random code of `len` digits (`len` within 4..=10).
     pub fn generate(len: u8) -> Self {
         let len = usize::from(len).clamp(MIN_LEN, MAX_LEN);
-        let mut rng = OsRng;
-        Self(
-            (0..len)
-                .map(|_| char::from(b'0' + rng.gen_range(0..10u8)))
-                .collect(),
-        )
+        let mut code = String::with_capacity(len);
+        let mut buf = [0u8; 32];
+        while code.len() < len {
+            OsRng.fill_bytes(&mut buf);
+            code.extend(digits_from(&buf).take(len - code.len()));
+        }
+        buf.zeroize();
+        Self(code)
     }
 
     /// Accepts what a person may type: digits only, 4 to 10 of them.
@@ -36,6 +40,14 @@ impl OtpCode {
     pub fn expose(&self) -> &str {
         &self.0
     }
+}
+
+/// The unbiased digits a buffer of random bytes yields (see the module documentation).
+fn digits_from(bytes: &[u8]) -> impl Iterator<Item = char> + '_ {
+    bytes
+        .iter()
+        .filter(|&&b| b < 250)
+        .map(|&b| char::from(b'0' + b % 10))
 }
 
 impl Drop for OtpCode {
@@ -79,6 +91,20 @@ mod tests {
             .map(|&c| (f64::from(c) - expected).powi(2) / expected)
             .sum();
         assert!(chi2 < 27.88, "chi2 = {chi2}, counts = {counts:?}");
+    }
+
+    #[test]
+    fn every_byte_value_maps_to_each_digit_equally_often_or_is_rejected() {
+        let all: Vec<u8> = (0..=255).collect();
+        let mut counts = [0u32; 10];
+        for c in digits_from(&all) {
+            counts[usize::from(c as u8 - b'0')] += 1;
+        }
+        assert_eq!(counts, [25; 10]);
+        assert_eq!(
+            digits_from(&[250, 251, 255, 9, 19]).collect::<String>(),
+            "99"
+        );
     }
 
     #[test]

@@ -75,7 +75,7 @@ impl Writer {
     pub fn spawn(conn: Connection) -> Self {
         let (tx, rx) = mpsc::channel::<Box<dyn Job>>(8192);
         std::thread::Builder::new()
-            .name("ringfence-sqlite-writer".into())
+            .name("rf-sqlite-writer".into())
             .spawn(move || run(conn, rx))
             .expect("spawn the SQLite writer thread");
         Self { tx }
@@ -91,8 +91,10 @@ impl Writer {
         self.submit(true, f).await
     }
 
-    /// Like `write`, without a savepoint: for jobs of one statement, or whose partial
-    /// effect after an error is harmless (an error still fails the job, not the batch).
+    /// Like `write`, without the cost of a savepoint, for hot paths whose expected
+    /// outcomes are all `Ok` (refusals are values, not errors). If such a job does
+    /// return an error, nothing of its batch is committed and every job in the batch
+    /// fails with a retryable error: atomicity is kept, at the price of a rare batch.
     pub async fn write_unguarded<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
@@ -148,29 +150,32 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>) {
 
 fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), String> {
     exec(conn, "BEGIN IMMEDIATE").map_err(|e| e.to_string())?;
-    let result = (|| {
+    let result = (|| -> Result<(), String> {
+        let sql = |q: &str| exec(conn, q).map_err(|e| e.to_string());
         for job in batch.iter_mut() {
             let guarded = job.guarded();
             if guarded {
-                exec(conn, "SAVEPOINT job")?;
+                sql("SAVEPOINT job")?;
             }
             // A panicking job is a bug; it must not take the writer (and every later
             // request) down with it, so it is rolled back like a failed job.
             let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run(conn)))
                 .unwrap_or(false);
             match (guarded, ok) {
-                (false, _) => {}
-                (true, true) => exec(conn, "RELEASE job")?,
+                (false, true) => {}
+                // An unguarded job may have written part of its work: the whole batch
+                // is rolled back and every job in it fails with a retryable error.
+                (false, false) => return Err("a write failed; its batch was rolled back".into()),
+                (true, true) => sql("RELEASE job")?,
                 (true, false) => {
-                    exec(conn, "ROLLBACK TO job")?;
-                    exec(conn, "RELEASE job")?;
+                    sql("ROLLBACK TO job")?;
+                    sql("RELEASE job")?;
                 }
             }
         }
-        exec(conn, "COMMIT")
+        sql("COMMIT")
     })();
-    result.map_err(|e| {
+    result.inspect_err(|_| {
         let _ = conn.execute_batch("ROLLBACK");
-        e.to_string()
     })
 }

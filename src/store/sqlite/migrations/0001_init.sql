@@ -54,10 +54,9 @@ CREATE TABLE verifications (
     expires_at   INTEGER NOT NULL,
     last_sent_at INTEGER NOT NULL,
     approved_at  INTEGER
-);
+) WITHOUT ROWID;                         -- clustered by id: ids are time-ordered
 -- At most one pending verification per number and service, enforced by the database.
 CREATE UNIQUE INDEX verifications_one_pending ON verifications(subject_id, service_id) WHERE status = 'pending';
-CREATE INDEX verifications_pending_expiry ON verifications(expires_at) WHERE status = 'pending';
 
 -- After the last wrong code, a number gets no new verification on that service until
 -- `until`.
