@@ -85,16 +85,21 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-fn configure(conn: &Connection, durability: Durability) -> rusqlite::Result<()> {
+/// Page cache of the writing connection, in KiB. The read connections and the
+/// checkpointer get much smaller ones: together they bound the resident memory.
+const WRITER_CACHE_KIB: u32 = 8 * 1024;
+const READER_CACHE_KIB: u32 = 2 * 1024;
+
+fn configure(conn: &Connection, durability: Durability, cache_kib: u32) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = {};
          PRAGMA foreign_keys = ON;
          PRAGMA temp_store = MEMORY;
-         PRAGMA cache_size = -16000;
+         PRAGMA cache_size = -{cache_kib};
          PRAGMA journal_size_limit = 67108864;",
-        durability.pragma()
+        durability.pragma(),
     ))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
@@ -111,7 +116,7 @@ fn spawn_checkpointer(
     durability: Durability,
 ) -> anyhow::Result<std::sync::mpsc::Sender<()>> {
     let conn = Connection::open(path)?;
-    configure(&conn, durability)?;
+    configure(&conn, durability, 1024)?;
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("rf-sqlite-ckpt".into())
@@ -166,7 +171,7 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)?;
         }
         let mut conn = Connection::open(path)?;
-        configure(&conn, durability)?;
+        configure(&conn, durability, WRITER_CACHE_KIB)?;
         migrate(&mut conn)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
@@ -178,6 +183,7 @@ impl SqliteStore {
             )?;
             r.busy_timeout(std::time::Duration::from_secs(5))?;
             r.set_prepared_statement_cache_capacity(64);
+            r.pragma_update(None, "cache_size", -i64::from(READER_CACHE_KIB))?;
             readers.push(Mutex::new(r));
         }
         let checkpointer = spawn_checkpointer(path, durability)?;

@@ -472,14 +472,19 @@ pub fn check(
                      WHERE id = ?1 AND status = 'pending' AND expires_at > ?2 AND attempts < max_attempts",
                 )?
                 .execute(params![id, now])?;
-            let row = load_verification_required(c, id)?;
             if n != 1 {
+                let row = load_verification_required(c, id)?;
                 return Ok(CheckOutcome::Refused {
                     why: verify::VerifyError::NotPending(row.status),
                     v: checked(row),
                 });
             }
             end_queued_messages(c, id, "canceled", now)?;
+            // The row as the update left it, without reading it back.
+            let mut row = row;
+            row.status = verify::Status::Approved;
+            row.approved_at = Some(now);
+            row.updated_at = now;
             Ok(CheckOutcome::Approved(checked(row)))
         }
         CheckPlan::Wrong { .. } | CheckPlan::Exhausted { .. } => {
