@@ -66,8 +66,11 @@ impl std::fmt::Debug for KeyBytes {
 
 fn seal(key: &KeyBytes, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
     let cipher = XChaCha20Poly1305::new(key.expose().into());
+    // Nonces need to be unique, not secret: 192 random bits from the thread's CSPRNG
+    // (ChaCha12, seeded and periodically reseeded from the OS) make a repeat
+    // practically impossible, without a system call per encryption.
     let mut nonce = [0u8; NONCE_LEN];
-    OsRng.fill_bytes(&mut nonce);
+    rand::thread_rng().fill_bytes(&mut nonce);
     let ct = cipher
         .encrypt(
             XNonce::from_slice(&nonce),

@@ -62,7 +62,12 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The request's id: the caller's `X-Request-Id` when it is well-formed, otherwise a
+/// random per-process prefix and a counter (unique, cheap, and not a secret).
 fn request_id(req: &Request) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     req.headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
@@ -72,7 +77,10 @@ fn request_id(req: &Request) -> String {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
         .map(str::to_owned)
-        .unwrap_or_else(|| hex::encode(crate::crypto::random_bytes::<12>()))
+        .unwrap_or_else(|| {
+            let prefix = PREFIX.get_or_init(|| hex::encode(crate::crypto::random_bytes::<6>()));
+            format!("{prefix}{:012x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+        })
 }
 
 /// Gives every request an id (taken from `X-Request-Id` when it is well-formed), a
