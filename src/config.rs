@@ -54,7 +54,7 @@ pub struct Overrides {
     #[arg(long, env = "RINGFENCE_OUTBOX_MAX_ATTEMPTS")]
     pub outbox_max_attempts: Option<u32>,
     /// SQLite durability: full (acknowledged = on disk) | normal (acknowledged = survives
-    /// a process crash; a power cut may lose the last ~200 ms) [default: full]
+    /// a process crash; a power cut may lose the last ~100 ms) [default: full]
     #[arg(long, env = "RINGFENCE_DURABILITY")]
     pub durability: Option<String>,
 }
@@ -250,8 +250,8 @@ outbox_max_attempts = 5
 
 # When a write is acknowledged. "full": only once it is on disk (survives a power
 # cut). "normal": once the operating system has it (survives a crash of ringfence;
-# a power cut or kernel crash may lose the last ~200 ms of acknowledged writes), for
-# several times the throughput on disks with slow flushes. See docs/operations.md.
+# a power cut or kernel crash may lose the last ~100 ms of acknowledged writes), for
+# more throughput on disks whose flushes are slow. See docs/operations.md.
 durability = "full"
 "#;
 
