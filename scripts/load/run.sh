@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${1:-10}"
 CONNS="${CONNS:-32}"
-THREADS="${WRK_THREADS:-4}"
+THREADS="${WRK_THREADS:-$(nproc)}"   # wrk convention: one thread per core
 PORT="${PORT:-18181}"
 MODES="${MODES:-full normal}"
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
