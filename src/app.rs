@@ -25,6 +25,10 @@ pub struct Settings {
     pub binding_window_ms: i64,
     /// How long API keys and services are cached in memory.
     pub cache_ttl_ms: i64,
+    /// How often the janitor runs (`Application::run_until_stopped`).
+    pub sweep_interval: std::time::Duration,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_ttl_ms: i64,
 }
 
 impl Default for Settings {
@@ -32,6 +36,8 @@ impl Default for Settings {
         Self {
             binding_window_ms: 15 * 60 * 1000,
             cache_ttl_ms: 2_000,
+            sweep_interval: std::time::Duration::from_secs(60),
+            idempotency_ttl_ms: 24 * 60 * 60 * 1000,
         }
     }
 }
@@ -247,13 +253,60 @@ impl Application {
             wake: self.state.outbox_wake.clone(),
             settings: self.worker,
         };
-        let worker = tokio::spawn(worker.run(stop_rx));
+        let worker = tokio::spawn(worker.run(stop_rx.clone()));
+        let janitor = tokio::spawn(janitor(self.state.clone(), stop_rx));
         let router = crate::http::router(self.state);
         axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
             .await?;
         let _ = stop_tx.send(true);
         let _ = worker.await;
+        let _ = janitor.await;
         Ok(())
+    }
+}
+
+/// Runs `Store::sweep` every `sweep_interval`: pending verifications past expiry lose
+/// their code hash and queued messages even if nobody looks at them again, and old
+/// idempotency keys and ended lockouts go.
+async fn janitor(state: AppState, mut stop: watch::Receiver<bool>) {
+    const BATCH: u32 = 1000;
+    let mut tick = tokio::time::interval(state.settings.sweep_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        // A full batch means there is more: go again at once.
+        loop {
+            let now = state.clock.now();
+            match state
+                .store
+                .sweep(now, now - state.settings.idempotency_ttl_ms, BATCH)
+                .await
+            {
+                Ok(r) => {
+                    if r != crate::store::SweepReport::default() {
+                        tracing::info!(
+                            expired = r.expired,
+                            idempotency_keys = r.idempotency_keys,
+                            lockouts = r.lockouts,
+                            "janitor pass"
+                        );
+                    }
+                    let full = [r.expired, r.idempotency_keys, r.lockouts]
+                        .iter()
+                        .any(|&n| n >= u64::from(BATCH));
+                    if !full || *stop.borrow() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "janitor pass failed");
+                    break;
+                }
+            }
+        }
     }
 }

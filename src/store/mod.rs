@@ -260,6 +260,17 @@ pub struct OutboxClaim {
     pub expired: u64,
 }
 
+/// What one janitor pass cleaned up.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Pending verifications past expiry, now `expired` with their code hash erased.
+    pub expired: u64,
+    /// Idempotency keys older than their retention.
+    pub idempotency_keys: u64,
+    /// Lockouts that have ended.
+    pub lockouts: u64,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Cheap round trip, for `/readyz`.
@@ -326,4 +337,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// When the next queued message falls due, if any.
     async fn next_outbox_due(&self) -> StoreResult<Option<Millis>>;
+
+    /// Expires pending verifications whose time is up (erasing their code hashes and
+    /// queued messages), deletes idempotency keys created before `idempotency_before`
+    /// and ended lockouts. Does at most `limit` rows of each kind per call.
+    async fn sweep(
+        &self,
+        now: Millis,
+        idempotency_before: Millis,
+        limit: u32,
+    ) -> StoreResult<SweepReport>;
 }

@@ -9,6 +9,7 @@ mod crash;
 mod errors;
 mod expiry;
 mod idempotency;
+mod janitor;
 mod limits;
 mod ops;
 mod privacy;

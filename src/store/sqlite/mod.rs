@@ -356,6 +356,17 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn sweep(
+        &self,
+        now: Millis,
+        idempotency_before: Millis,
+        limit: u32,
+    ) -> StoreResult<SweepReport> {
+        self.writer
+            .write(move |c| ops::sweep(c, now, idempotency_before, limit))
+            .await
+    }
+
     async fn next_outbox_due(&self) -> StoreResult<Option<Millis>> {
         self.read(ops::next_outbox_due).await
     }

@@ -779,3 +779,39 @@ pub fn next_outbox_due(c: &Connection) -> StoreResult<Option<Millis>> {
     )?
     .query_row([], |r| r.get(0))?)
 }
+
+// ---------------------------------------------------------------- janitor
+
+pub fn sweep(
+    c: &Connection,
+    now: Millis,
+    idempotency_before: Millis,
+    limit: u32,
+) -> StoreResult<SweepReport> {
+    let ids: Vec<String> = c
+        .prepare_cached(
+            "SELECT id FROM verifications WHERE status = 'pending' AND expires_at <= ?1 ORDER BY expires_at LIMIT ?2",
+        )?
+        .query_map(params![now, limit], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for id in &ids {
+        expire(c, id, now)?;
+    }
+    let idempotency_keys = c
+        .prepare_cached(
+            "DELETE FROM idempotency_keys WHERE (api_key_id, key) IN
+               (SELECT api_key_id, key FROM idempotency_keys WHERE created_at < ?1 LIMIT ?2)",
+        )?
+        .execute(params![idempotency_before, limit])? as u64;
+    let lockouts = c
+        .prepare_cached(
+            "DELETE FROM lockouts WHERE (subject_id, service_id) IN
+               (SELECT subject_id, service_id FROM lockouts WHERE until <= ?1 LIMIT ?2)",
+        )?
+        .execute(params![now, limit])? as u64;
+    Ok(SweepReport {
+        expired: ids.len() as u64,
+        idempotency_keys,
+        lockouts,
+    })
+}

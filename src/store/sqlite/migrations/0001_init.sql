@@ -57,6 +57,8 @@ CREATE TABLE verifications (
 ) WITHOUT ROWID;                         -- clustered by id: ids are time-ordered
 -- At most one pending verification per number and service, enforced by the database.
 CREATE UNIQUE INDEX verifications_one_pending ON verifications(subject_id, service_id) WHERE status = 'pending';
+-- The janitor finds pending verifications past their expiry through this index.
+CREATE INDEX verifications_pending_expiry ON verifications(expires_at) WHERE status = 'pending';
 
 -- After the last wrong code, a number gets no new verification on that service until
 -- `until`.
@@ -110,3 +112,4 @@ CREATE TABLE idempotency_keys (
     created_at      INTEGER NOT NULL,
     PRIMARY KEY (api_key_id, key)
 ) WITHOUT ROWID;
+CREATE INDEX idempotency_keys_age ON idempotency_keys(created_at);
