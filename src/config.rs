@@ -38,7 +38,7 @@ pub struct Overrides {
     /// Directory for the SQLite database and generated secrets [default: ./ringfence-data]
     #[arg(long, env = "RINGFENCE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Database URL: sqlite:PATH [default: sqlite in the data dir]
+    /// Database URL: sqlite:PATH or postgres://… [default: sqlite in the data dir]
     #[arg(long, env = "RINGFENCE_DATABASE_URL")]
     pub database_url: Option<String>,
     /// Where messages go: console | file:PATH [default: console]
@@ -65,9 +65,20 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {
     Sqlite(PathBuf),
+    /// A `postgres://` URL; it may hold a password, so `Debug` hides it.
+    Postgres(String),
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(p) => f.debug_tuple("Sqlite").field(p).finish(),
+            Self::Postgres(_) => f.write_str("Postgres(<url>)"),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -214,12 +225,12 @@ fn parse_database_url(url: &str) -> Result<DatabaseUrl, ConfigError> {
     }
     let scheme = url.split(':').next().unwrap_or("");
     if scheme == "postgres" || scheme == "postgresql" {
-        return Err(bad(
-            "database_url",
-            "the PostgreSQL backend is not available in this version; use sqlite:PATH",
-        ));
+        return Ok(DatabaseUrl::Postgres(url.to_owned()));
     }
-    Err(bad("database_url", "expected sqlite:PATH"))
+    Err(bad(
+        "database_url",
+        "expected sqlite:PATH or postgres://USER@HOST/DB",
+    ))
 }
 
 /// A commented example file, printed by `ringfence config example`.
@@ -233,7 +244,8 @@ listen = "127.0.0.1:8080"
 # (secrets/kek, secrets/blind_index_key, secrets/code_pepper; mode 0600).
 data_dir = "./ringfence-data"
 
-# sqlite:PATH (default: <data_dir>/ringfence.db).
+# sqlite:PATH (default: <data_dir>/ringfence.db) or postgres://USER:PASSWORD@HOST/DB
+# for several instances sharing one database.
 # database_url = "sqlite:./ringfence-data/ringfence.db"
 
 # Where messages go: "console" (development) or "file:PATH" (one JSON object per line).
@@ -336,7 +348,7 @@ mod tests {
         assert_eq!(e.key, "sms_sink");
         let e = Config::resolve(
             &Overrides {
-                database_url: Some("postgres://x".into()),
+                database_url: Some("mysql://x".into()),
                 ..Default::default()
             },
             true,

@@ -57,7 +57,7 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                     scopes.push(Scope::Verify);
                 }
                 scopes.dedup();
-                let (store, _, _) = super::serve::open_store(&config)?;
+                let (store, _, _) = super::serve::open_store(&config).await?;
                 let key = crypto::generate_api_key();
                 store
                     .create_api_key(ApiKeyRecord {
@@ -77,7 +77,7 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             }
             KeysCommand::List { config } => {
                 let config = Config::resolve(&config, true)?;
-                let (store, _, _) = super::serve::open_store(&config)?;
+                let (store, _, _) = super::serve::open_store(&config).await?;
                 for k in store.list_api_keys().await? {
                     let scopes: Vec<&str> = k.scopes.iter().map(|s| s.as_str()).collect();
                     let state = k.revoked_at.map_or("active".to_owned(), |t| format!("revoked {}", rfc3339(t)));
@@ -87,7 +87,7 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             }
             KeysCommand::Revoke { config, id } => {
                 let config = Config::resolve(&config, true)?;
-                let (store, _, _) = super::serve::open_store(&config)?;
+                let (store, _, _) = super::serve::open_store(&config).await?;
                 if store.revoke_api_key(&id, SystemClock.now()).await? {
                     println!("revoked {id}");
                     Ok(ExitCode::SUCCESS)

@@ -28,7 +28,9 @@ pub fn init_logging(format: LogFormat) {
 pub type SecretReport = Vec<(&'static str, SecretSource)>;
 
 /// Opens the configured store with the keyring; generates missing secrets.
-pub fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Keyring, SecretReport)> {
+pub async fn open_store(
+    config: &Config,
+) -> anyhow::Result<(Arc<dyn Store>, Keyring, SecretReport)> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         anyhow::anyhow!("data_dir: cannot create {}: {e}", config.data_dir.display())
     })?;
@@ -40,14 +42,21 @@ pub fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Keyring, S
             keys.codes.clone(),
             config.durability,
         )?),
+        DatabaseUrl::Postgres(url) => Arc::new(
+            crate::store::postgres::PgStore::connect(url, keys.codes.clone(), Default::default())
+                .await?,
+        ),
     };
     Ok((store, keys, report))
 }
 
 /// The SQLite backend serves exactly one instance: a second `serve` on the same
 /// database is refused instead of silently sharing it.
-fn lock_database(config: &Config) -> anyhow::Result<std::fs::File> {
-    let DatabaseUrl::Sqlite(path) = &config.database;
+fn lock_database(config: &Config) -> anyhow::Result<Option<std::fs::File>> {
+    let DatabaseUrl::Sqlite(path) = &config.database else {
+        // PostgreSQL serves many instances; nothing to lock.
+        return Ok(None);
+    };
     let lock_path = path.with_extension("lock");
     if let Some(dir) = lock_path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -63,7 +72,7 @@ fn lock_database(config: &Config) -> anyhow::Result<std::fs::File> {
             lock_path.display()
         )
     })?;
-    Ok(file)
+    Ok(Some(file))
 }
 
 pub fn run(overrides: Overrides) -> anyhow::Result<ExitCode> {
@@ -78,7 +87,7 @@ pub fn run(overrides: Overrides) -> anyhow::Result<ExitCode> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let _lock = lock_database(&config)?;
-    let (store, keys, report) = open_store(&config)?;
+    let (store, keys, report) = open_store(&config).await?;
     for (name, source) in &report {
         if let SecretSource::Generated(_) = source {
             tracing::warn!(secret = name, source = %source, "generated a new secret; back it up, losing it makes stored numbers unreadable");
@@ -103,8 +112,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     })
     .await?;
     let addr = app.local_addr();
-    let DatabaseUrl::Sqlite(db) = &config.database;
-    tracing::info!(%addr, database = %db.display(), sms_sink = %config.sms_sink, "ringfence is listening");
+    let database = match &config.database {
+        DatabaseUrl::Sqlite(db) => db.display().to_string(),
+        DatabaseUrl::Postgres(_) => "postgresql".to_owned(),
+    };
+    tracing::info!(%addr, %database, sms_sink = %config.sms_sink, "ringfence is listening");
     let has_keys = store
         .list_api_keys()
         .await?

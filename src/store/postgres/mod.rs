@@ -1,0 +1,1163 @@
+//! The PostgreSQL backend: the same operations as the SQLite backend, for several
+//! instances sharing one database.
+//!
+//! Each operation is one transaction. Where two instances could race, the database
+//! decides: starts and binds for the same number (or account) are serialised by a
+//! transaction-scoped advisory lock on its blind index (or account reference); checks
+//! lock the verification row (`FOR UPDATE`) and approve with the same conditional
+//! update as SQLite; workers claim outbox rows with `FOR UPDATE SKIP LOCKED` and a lease.
+//! Connections come from a sized pool; every statement has a timeout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+
+use super::*;
+use crate::crypto::CodeHasher;
+use crate::verify::{self, CheckPlan, CheckState, PendingState, StartPlan};
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+
+/// Pool and timeout settings.
+#[derive(Debug, Clone)]
+pub struct PgSettings {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+    pub statement_timeout: Duration,
+    /// Schema holding ringfence's tables (created if missing); `None` uses the
+    /// connection's default search path. Lets tests and shared databases keep
+    /// instances apart.
+    pub schema: Option<String>,
+}
+
+impl Default for PgSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(3),
+            statement_timeout: Duration::from_secs(5),
+            schema: None,
+        }
+    }
+}
+
+pub struct PgStore {
+    pool: PgPool,
+    codes: CodeHasher,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
+            sqlx::Error::Database(db) => match db.code().as_deref() {
+                // query_canceled (statement timeout), admin shutdown, cannot connect now,
+                // serialization failure, deadlock: all worth a retry by the client.
+                Some(
+                    "57014" | "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "08000" | "08003"
+                    | "08006",
+                ) => StoreError::Unavailable(e.to_string()),
+                _ => StoreError::Internal(e.to_string()),
+            },
+            _ => StoreError::Internal(e.to_string()),
+        }
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+fn internal(msg: impl Into<String>) -> StoreError {
+    StoreError::Internal(msg.into())
+}
+
+/// A 64-bit advisory-lock key from bytes (the first eight, big-endian).
+fn lock_key(bytes: &[u8]) -> i64 {
+    let mut k = [0u8; 8];
+    let n = bytes.len().min(8);
+    k[..n].copy_from_slice(&bytes[..n]);
+    i64::from_be_bytes(k)
+}
+
+async fn advisory_lock(
+    tx: &mut Transaction<'_, Postgres>,
+    namespace: i32,
+    key: i64,
+) -> StoreResult<()> {
+    // Two-key form: a namespace per kind of lock, so kinds never collide.
+    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+        .bind(namespace)
+        .bind((key ^ (key >> 32)) as i32)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+const LOCK_SUBJECT: i32 = 1;
+const LOCK_ACCOUNT: i32 = 2;
+
+impl PgStore {
+    /// Connects, applies migrations (one instance at a time, under an advisory lock).
+    pub async fn connect(
+        url: &str,
+        codes: CodeHasher,
+        settings: PgSettings,
+    ) -> anyhow::Result<Self> {
+        let timeout_ms = settings.statement_timeout.as_millis() as i64;
+        if let Some(schema) = &settings.schema {
+            anyhow::ensure!(
+                !schema.is_empty()
+                    && schema.len() <= 63
+                    && schema
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "database schema: 1 to 63 characters of a-z, 0-9 and '_'"
+            );
+        }
+        let schema = settings.schema.clone();
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .after_connect(move |conn, _| {
+                let schema = schema.clone();
+                Box::pin(async move {
+                    sqlx::query(&format!("SET statement_timeout = {timeout_ms}"))
+                        .execute(&mut *conn)
+                        .await?;
+                    if let Some(schema) = schema {
+                        // Validated above: safe to splice.
+                        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query(&format!("SET search_path TO {schema}"))
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await
+            .map_err(|e| anyhow::anyhow!("database_url: cannot connect to PostgreSQL: {e}"))?;
+        migrate(&pool).await?;
+        Ok(Self { pool, codes })
+    }
+
+    /// The pool, for tests and operator commands.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(7340, 1)")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+        .execute(&mut *tx)
+        .await?;
+    let current: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            .fetch_one(&mut *tx)
+            .await?;
+    let latest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+    if current > latest {
+        anyhow::bail!(
+            "the database has schema version {current}, newer than this binary knows ({latest})"
+        );
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        sqlx::raw_sql(sql).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+            .bind(version)
+            .bind(crate::clock::Clock::now(&crate::clock::SystemClock))
+            .execute(&mut *tx)
+            .await?;
+        tracing::info!(version, "applied PostgreSQL migration");
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- row mapping
+
+const VERIFICATION_COLUMNS: &str = "v.id, v.service_id, v.subject_id, v.status, v.channel, v.locale, v.account_ref, \
+     v.purpose, v.sends, v.max_sends, v.attempts, v.max_attempts, v.test_number, v.created_at, v.updated_at, \
+     v.expires_at, v.approved_at";
+const SUBJECT_COLUMNS: &str = "s.id, s.blind_index, s.wrapped_key, s.phone_ct";
+
+fn u32_at(r: &PgRow, i: usize) -> Result<u32, sqlx::Error> {
+    Ok(u32::try_from(r.try_get::<i32, _>(i)?).unwrap_or(0))
+}
+
+fn verification_from(r: &PgRow) -> Result<VerificationRow, sqlx::Error> {
+    let status: String = r.try_get(3)?;
+    let channel: String = r.try_get(4)?;
+    Ok(VerificationRow {
+        id: r.try_get(0)?,
+        service_id: r.try_get(1)?,
+        subject_id: r.try_get(2)?,
+        status: verify::Status::parse(&status).unwrap_or(verify::Status::Failed),
+        channel: verify::Channel::parse(&channel).unwrap_or(verify::Channel::Sms),
+        locale: r.try_get(5)?,
+        account_ref: r.try_get(6)?,
+        purpose: r.try_get(7)?,
+        sends: u32_at(r, 8)?,
+        max_sends: u32_at(r, 9)?,
+        attempts: u32_at(r, 10)?,
+        max_attempts: u32_at(r, 11)?,
+        test_number: r.try_get(12)?,
+        created_at: r.try_get(13)?,
+        updated_at: r.try_get(14)?,
+        expires_at: r.try_get(15)?,
+        approved_at: r.try_get(16)?,
+    })
+}
+
+fn subject_from(r: &PgRow, at: usize) -> Result<SubjectSecrets, sqlx::Error> {
+    let bi: Vec<u8> = r.try_get(at + 1)?;
+    Ok(SubjectSecrets {
+        id: r.try_get(at)?,
+        blind_index: BlindIndex::from_slice(&bi).unwrap_or(BlindIndex([0; 32])),
+        wrapped_key: r.try_get(at + 2)?,
+        phone_ct: r.try_get(at + 3)?,
+    })
+}
+
+fn api_key_from(r: &PgRow) -> Result<ApiKeyRecord, sqlx::Error> {
+    let scopes: String = r.try_get(3)?;
+    Ok(ApiKeyRecord {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        secret_hash: r.try_get(2)?,
+        scopes: scopes.split(',').filter_map(Scope::parse).collect(),
+        created_at: r.try_get(4)?,
+        revoked_at: r.try_get(5)?,
+    })
+}
+
+fn service_from(r: &PgRow) -> StoreResult<ServiceRecord> {
+    let id: String = r.try_get(0)?;
+    let json: String = r.try_get(1)?;
+    let config: ServiceConfig = serde_json::from_str(&json)
+        .map_err(|e| internal(format!("service {id} has unreadable config: {e}")))?;
+    Ok(ServiceRecord {
+        id,
+        config: Arc::new(config),
+        created_at: r.try_get(2)?,
+        updated_at: r.try_get(3)?,
+    })
+}
+
+// ---------------------------------------------------------------- shared statements
+
+async fn load_verification(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &str,
+) -> StoreResult<Option<VerificationRow>> {
+    let row = sqlx::query(&format!(
+        "SELECT {VERIFICATION_COLUMNS} FROM verifications v WHERE v.id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.map(|r| verification_from(&r)).transpose()?)
+}
+
+async fn load_verification_required(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &str,
+) -> StoreResult<VerificationRow> {
+    load_verification(tx, id)
+        .await?
+        .ok_or_else(|| internal(format!("verification {id} vanished inside its transaction")))
+}
+
+async fn end_queued_messages(
+    tx: &mut Transaction<'_, Postgres>,
+    verification_id: &str,
+    status: &str,
+    now: Millis,
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE outbox SET status = $2, payload = NULL, lease_until = NULL, updated_at = $3
+         WHERE verification_id = $1 AND status IN ('queued', 'sending', 'retry')",
+    )
+    .bind(verification_id)
+    .bind(status)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn expire(tx: &mut Transaction<'_, Postgres>, id: &str, now: Millis) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE verifications SET status = 'expired', code_hash = NULL, updated_at = $2 WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    end_queued_messages(tx, id, "expired", now).await
+}
+
+async fn lockout_until(
+    tx: &mut Transaction<'_, Postgres>,
+    subject_id: i64,
+    service_id: &str,
+) -> StoreResult<Option<Millis>> {
+    Ok(
+        sqlx::query_scalar("SELECT until FROM lockouts WHERE subject_id = $1 AND service_id = $2")
+            .bind(subject_id)
+            .bind(service_id)
+            .fetch_optional(&mut **tx)
+            .await?,
+    )
+}
+
+async fn binding_by_account(
+    tx: &mut Transaction<'_, Postgres>,
+    account_ref: &str,
+) -> StoreResult<Option<BindingRow>> {
+    let row = sqlx::query(&format!(
+        "SELECT b.account_ref, b.verification_id, b.verified_at, {SUBJECT_COLUMNS}
+         FROM bindings b JOIN subjects s ON s.id = b.subject_id
+         WHERE b.account_ref = $1 AND b.ended_at IS NULL"
+    ))
+    .bind(account_ref)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.map(|r| -> StoreResult<BindingRow> {
+        Ok(BindingRow {
+            account_ref: r.try_get(0)?,
+            verification_id: r.try_get(1)?,
+            verified_at: r.try_get(2)?,
+            subject: subject_from(&r, 3)?,
+        })
+    })
+    .transpose()
+}
+
+// ---------------------------------------------------------------- the operations
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_api_key(&self, k: ApiKeyRecord) -> StoreResult<()> {
+        let scopes: Vec<&str> = k.scopes.iter().map(|s| s.as_str()).collect();
+        sqlx::query("INSERT INTO api_keys (id, name, secret_hash, scopes, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(&k.id)
+            .bind(&k.name)
+            .bind(&k.secret_hash)
+            .bind(scopes.join(","))
+            .bind(k.created_at)
+            .bind(k.revoked_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn get_api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
+        let r = sqlx::query("SELECT id, name, secret_hash, scopes, created_at, revoked_at FROM api_keys WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.map(|r| api_key_from(&r)).transpose()?)
+    }
+
+    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>> {
+        let rows = sqlx::query("SELECT id, name, secret_hash, scopes, created_at, revoked_at FROM api_keys ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(api_key_from).collect::<Result<_, _>>()?)
+    }
+
+    async fn revoke_api_key(&self, id: &str, now: Millis) -> StoreResult<bool> {
+        let n =
+            sqlx::query("UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+                .bind(id)
+                .bind(now)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn create_service(&self, s: ServiceRecord) -> StoreResult<()> {
+        let json = serde_json::to_string(&*s.config).map_err(|e| internal(e.to_string()))?;
+        sqlx::query("INSERT INTO services (id, name, config, created_at, updated_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(&s.id)
+            .bind(&s.config.name)
+            .bind(json)
+            .bind(s.created_at)
+            .bind(s.updated_at)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("service_name") } else { e.into() })?;
+        Ok(())
+    }
+
+    async fn get_service(&self, key: &str) -> StoreResult<Option<ServiceRecord>> {
+        let r = sqlx::query(
+            "SELECT id, config, created_at, updated_at FROM services WHERE id = $1 OR name = $1",
+        )
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        r.map(|r| service_from(&r)).transpose()
+    }
+
+    async fn list_services(&self) -> StoreResult<Vec<ServiceRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, config, created_at, updated_at FROM services ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(service_from).collect()
+    }
+
+    async fn update_service(
+        &self,
+        id: &str,
+        cfg: ServiceConfig,
+        now: Millis,
+    ) -> StoreResult<Option<ServiceRecord>> {
+        let json = serde_json::to_string(&cfg).map_err(|e| internal(e.to_string()))?;
+        let r = sqlx::query(
+            "UPDATE services SET name = $2, config = $3, updated_at = $4 WHERE id = $1
+             RETURNING id, config, created_at, updated_at",
+        )
+        .bind(id)
+        .bind(&cfg.name)
+        .bind(json)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict("service_name")
+            } else {
+                e.into()
+            }
+        })?;
+        r.map(|r| service_from(&r)).transpose()
+    }
+
+    async fn start_verification(&self, cmd: StartCmd) -> StoreResult<StartOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let out = start(&mut tx, &self.codes, cmd).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn check_verification(
+        &self,
+        id: &str,
+        code: OtpCode,
+        now: Millis,
+    ) -> StoreResult<CheckOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let out = check(&mut tx, &self.codes, id, &code, now).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn get_verification(&self, id: &str) -> StoreResult<Option<VerificationDetails>> {
+        let Some(r) = sqlx::query(&format!(
+            "SELECT {VERIFICATION_COLUMNS}, {SUBJECT_COLUMNS}
+             FROM verifications v JOIN subjects s ON s.id = v.subject_id WHERE v.id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let row = verification_from(&r)?;
+        let subject = subject_from(&r, 17)?;
+        let sends = sqlx::query(
+            "SELECT channel, status, created_at FROM outbox WHERE verification_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| -> Result<SendAttempt, sqlx::Error> {
+            let ch: String = r.try_get(0)?;
+            Ok(SendAttempt {
+                channel: verify::Channel::parse(&ch).unwrap_or(verify::Channel::Sms),
+                status: r.try_get(1)?,
+                created_at: r.try_get(2)?,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(VerificationDetails {
+            row,
+            subject,
+            sends,
+        }))
+    }
+
+    async fn find_pending(
+        &self,
+        bi: &BlindIndex,
+        service_id: &str,
+        now: Millis,
+    ) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT v.id FROM verifications v JOIN subjects s ON s.id = v.subject_id
+             WHERE s.blind_index = $1 AND v.service_id = $2 AND v.status = 'pending' AND v.expires_at > $3",
+        )
+        .bind(&bi.0[..])
+        .bind(service_id)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn cancel_verification(&self, id: &str, now: Millis) -> StoreResult<CancelOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query(
+            "UPDATE verifications SET status = 'canceled', code_hash = NULL, updated_at = $2
+             WHERE id = $1 AND status = 'pending' AND expires_at > $2",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let out = if n == 1 {
+            end_queued_messages(&mut tx, id, "canceled", now).await?;
+            CancelOutcome::Canceled(load_verification_required(&mut tx, id).await?)
+        } else {
+            match load_verification(&mut tx, id).await? {
+                None => CancelOutcome::NotFound,
+                Some(row) => CancelOutcome::NotPending(row),
+            }
+        };
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn bind_account(
+        &self,
+        account_ref: &str,
+        verification_id: &str,
+        now: Millis,
+        window_ms: i64,
+    ) -> StoreResult<BindOutcome> {
+        let mut tx = self.pool.begin().await?;
+        advisory_lock(
+            &mut tx,
+            LOCK_ACCOUNT,
+            lock_key(crate::crypto::sha256(account_ref.as_bytes()).as_slice()),
+        )
+        .await?;
+        let out = bind(&mut tx, account_ref, verification_id, now, window_ms).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn get_binding(&self, account_ref: &str) -> StoreResult<Option<BindingRow>> {
+        let mut tx = self.pool.begin().await?;
+        let b = binding_by_account(&mut tx, account_ref).await?;
+        tx.commit().await?;
+        Ok(b)
+    }
+
+    async fn unbind_account(&self, account_ref: &str, now: Millis) -> StoreResult<bool> {
+        let n = sqlx::query("UPDATE bindings SET ended_at = $2, end_reason = 'unbound' WHERE account_ref = $1 AND ended_at IS NULL")
+            .bind(account_ref)
+            .bind(now)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn claim_outbox(
+        &self,
+        now: Millis,
+        limit: u32,
+        lease_ms: i64,
+    ) -> StoreResult<OutboxClaim> {
+        let mut tx = self.pool.begin().await?;
+        let expired = sqlx::query(
+            "UPDATE outbox SET status = 'expired', payload = NULL, lease_until = NULL, updated_at = $1
+             WHERE status IN ('queued', 'sending', 'retry') AND not_after <= $1",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        // SKIP LOCKED: rows another instance is claiming right now are left to it.
+        let rows = sqlx::query(&format!(
+            "WITH due AS (
+                SELECT id FROM outbox
+                WHERE status IN ('queued', 'sending', 'retry') AND next_attempt_at <= $1
+                  AND (lease_until IS NULL OR lease_until <= $1) AND payload IS NOT NULL
+                ORDER BY next_attempt_at LIMIT $3
+                FOR UPDATE SKIP LOCKED
+             ), claimed AS (
+                UPDATE outbox o SET status = 'sending', lease_until = $2, attempts = o.attempts + 1, updated_at = $1
+                FROM due WHERE o.id = due.id
+                RETURNING o.id, o.verification_id, o.channel, o.payload, o.attempts, o.not_after, o.subject_id
+             )
+             SELECT c.id, c.verification_id, c.channel, c.payload, c.attempts, c.not_after, {SUBJECT_COLUMNS}
+             FROM claimed c JOIN subjects s ON s.id = c.subject_id ORDER BY c.id"
+        ))
+        .bind(now)
+        .bind(now + lease_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        let items = rows
+            .iter()
+            .map(|r| -> Result<OutboxItem, sqlx::Error> {
+                let ch: String = r.try_get(2)?;
+                Ok(OutboxItem {
+                    id: r.try_get(0)?,
+                    verification_id: r.try_get(1)?,
+                    channel: verify::Channel::parse(&ch).unwrap_or(verify::Channel::Sms),
+                    payload: r.try_get(3)?,
+                    attempts: u32_at(r, 4)?,
+                    not_after: r.try_get(5)?,
+                    subject: subject_from(r, 6)?,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.commit().await?;
+        Ok(OutboxClaim { items, expired })
+    }
+
+    async fn finish_outbox(
+        &self,
+        results: Vec<(i64, DeliveryResult)>,
+        now: Millis,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        for (id, result) in &results {
+            match result {
+                DeliveryResult::Sent { provider_ref } => {
+                    sqlx::query(
+                        "UPDATE outbox SET status = 'sent', payload = NULL, lease_until = NULL, provider_ref = $2, updated_at = $3
+                         WHERE id = $1 AND status = 'sending'",
+                    )
+                    .bind(id)
+                    .bind(provider_ref)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                DeliveryResult::Retry { at, error } => {
+                    sqlx::query(
+                        "UPDATE outbox SET status = 'retry', next_attempt_at = $2, lease_until = NULL, last_error = $3, updated_at = $4
+                         WHERE id = $1 AND status = 'sending'",
+                    )
+                    .bind(id)
+                    .bind(at)
+                    .bind(error)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                DeliveryResult::Failed { error } => {
+                    let vid: Option<String> = sqlx::query_scalar(
+                        "UPDATE outbox SET status = 'failed', payload = NULL, lease_until = NULL, last_error = $2, updated_at = $3
+                         WHERE id = $1 AND status = 'sending' RETURNING verification_id",
+                    )
+                    .bind(id)
+                    .bind(error)
+                    .bind(now)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if let Some(vid) = vid {
+                        sqlx::query(
+                            "UPDATE verifications SET status = 'failed', code_hash = NULL, updated_at = $2
+                             WHERE id = $1 AND status = 'pending'
+                               AND NOT EXISTS (SELECT 1 FROM outbox WHERE verification_id = $1
+                                               AND status IN ('sent', 'queued', 'sending', 'retry'))",
+                        )
+                        .bind(vid)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn next_outbox_due(&self) -> StoreResult<Option<Millis>> {
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(GREATEST(next_attempt_at, COALESCE(lease_until, next_attempt_at))) FROM outbox
+             WHERE status IN ('queued', 'sending', 'retry')",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn sweep(
+        &self,
+        now: Millis,
+        idempotency_before: Millis,
+        limit: u32,
+    ) -> StoreResult<SweepReport> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM verifications WHERE status = 'pending' AND expires_at <= $1
+             ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        for id in &ids {
+            expire(&mut tx, id, now).await?;
+        }
+        let idempotency_keys = sqlx::query(
+            "DELETE FROM idempotency_keys WHERE (api_key_id, key) IN
+               (SELECT api_key_id, key FROM idempotency_keys WHERE created_at < $1 LIMIT $2)",
+        )
+        .bind(idempotency_before)
+        .bind(i64::from(limit))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let lockouts = sqlx::query(
+            "DELETE FROM lockouts WHERE (subject_id, service_id) IN
+               (SELECT subject_id, service_id FROM lockouts WHERE until <= $1 LIMIT $2)",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(SweepReport {
+            expired: ids.len() as u64,
+            idempotency_keys,
+            lockouts,
+        })
+    }
+}
+
+async fn start(
+    tx: &mut Transaction<'_, Postgres>,
+    codes: &CodeHasher,
+    cmd: StartCmd,
+) -> StoreResult<StartOutcome> {
+    let StartCmd {
+        id_if_new,
+        service_id,
+        config,
+        blind_index,
+        new_subject,
+        sealed,
+        reseal,
+        channel,
+        locale,
+        account_ref,
+        purpose,
+        code,
+        idempotency,
+        now,
+    } = cmd;
+    // Every start for this number, on any instance, waits here for the one before it:
+    // the subject, the pending verification and the idempotency key are then decided
+    // without races.
+    advisory_lock(tx, LOCK_SUBJECT, lock_key(&blind_index.0)).await?;
+    if let Some(idem) = &idempotency {
+        let earlier = sqlx::query("SELECT fingerprint, verification_id FROM idempotency_keys WHERE api_key_id = $1 AND key = $2")
+            .bind(&idem.api_key_id)
+            .bind(&idem.key)
+            .fetch_optional(&mut **tx)
+            .await?;
+        if let Some(r) = earlier {
+            let fp: Vec<u8> = r.try_get(0)?;
+            let vid: String = r.try_get(1)?;
+            if fp != idem.fingerprint {
+                return Ok(StartOutcome::IdempotencyMismatch);
+            }
+            return Ok(StartOutcome::Replayed(
+                load_verification_required(tx, &vid).await?,
+            ));
+        }
+    }
+
+    let found = sqlx::query(
+        "SELECT id, blind_index, wrapped_key, phone_ct FROM subjects WHERE blind_index = $1",
+    )
+    .bind(&blind_index.0[..])
+    .fetch_optional(&mut **tx)
+    .await?
+    .map(|r| subject_from(&r, 0))
+    .transpose()?;
+    let (subject_id, sealed, known) = match found {
+        Some(existing) if existing.wrapped_key.is_some() => {
+            let sealed =
+                reseal(&existing).ok_or_else(|| internal("subject key does not unwrap"))?;
+            (existing.id, sealed, true)
+        }
+        Some(_) => {
+            return Err(internal(
+                "the subject of this number was erased; re-keying is not supported yet",
+            ))
+        }
+        None => {
+            let s = &new_subject;
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO subjects (blind_index, wrapped_key, phone_ct, country_code, region, number_type, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            )
+            .bind(&blind_index.0[..])
+            .bind(&s.wrapped_key)
+            .bind(&s.phone_ct)
+            .bind(i32::from(s.country_code))
+            .bind(&s.region)
+            .bind(s.number_type)
+            .bind(now)
+            .fetch_one(&mut **tx)
+            .await?;
+            (id, sealed, false)
+        }
+    };
+
+    let locked_until = if known {
+        lockout_until(tx, subject_id, &service_id).await?
+    } else {
+        None
+    };
+    let pending: Option<(VerificationRow, Millis)> = if known {
+        sqlx::query(&format!(
+            "SELECT {VERIFICATION_COLUMNS}, v.last_sent_at FROM verifications v
+             WHERE v.subject_id = $1 AND v.service_id = $2 AND v.status = 'pending' FOR UPDATE"
+        ))
+        .bind(subject_id)
+        .bind(&service_id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|r| -> Result<_, sqlx::Error> { Ok((verification_from(&r)?, r.try_get(17)?)) })
+        .transpose()?
+    } else {
+        None
+    };
+    let pending_state = pending.as_ref().map(|(v, last)| PendingState {
+        expires_at: v.expires_at,
+        sends: v.sends,
+        last_sent_at: *last,
+    });
+    let plan = match verify::plan_start(pending_state.as_ref(), locked_until, &config, now) {
+        Ok(plan) => plan,
+        Err(why) => return Ok(StartOutcome::Refused(why)),
+    };
+    let expires_at = now + i64::from(config.ttl_seconds) * 1000;
+    let (row, resent) = match (plan, pending) {
+        (StartPlan::Resend, Some((mut row, _))) => {
+            let hash = codes.hash(&row.id, code.expose());
+            sqlx::query(
+                "UPDATE verifications SET code_hash = $2, channel = $3, sends = sends + 1, last_sent_at = $4,
+                        expires_at = $5, updated_at = $4
+                 WHERE id = $1 AND status = 'pending' AND sends < max_sends",
+            )
+            .bind(&row.id)
+            .bind(&hash[..])
+            .bind(channel.as_str())
+            .bind(now)
+            .bind(expires_at)
+            .execute(&mut **tx)
+            .await?;
+            end_queued_messages(tx, &row.id, "canceled", now).await?;
+            row.channel = channel;
+            row.sends += 1;
+            row.updated_at = now;
+            row.expires_at = expires_at;
+            (row, true)
+        }
+        (plan, pending) => {
+            if let (StartPlan::New { expire_stale: true }, Some((old, _))) = (&plan, &pending) {
+                expire(tx, &old.id, now).await?;
+            }
+            let hash = codes.hash(&id_if_new, code.expose());
+            let row = VerificationRow {
+                id: id_if_new,
+                service_id,
+                subject_id,
+                status: verify::Status::Pending,
+                channel,
+                locale,
+                account_ref,
+                purpose,
+                sends: 1,
+                max_sends: config.max_sends,
+                attempts: 0,
+                max_attempts: config.max_check_attempts,
+                test_number: sealed.message.is_none(),
+                created_at: now,
+                updated_at: now,
+                expires_at,
+                approved_at: None,
+            };
+            sqlx::query(
+                "INSERT INTO verifications (id, service_id, subject_id, status, channel, code_hash, locale, account_ref,
+                    purpose, signals_ct, sends, max_sends, attempts, max_attempts, lockout_ms, test_number, created_at,
+                    updated_at, expires_at, last_sent_at)
+                 VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, 1, $10, 0, $11, $12, $13, $14, $14, $15, $14)",
+            )
+            .bind(&row.id)
+            .bind(&row.service_id)
+            .bind(subject_id)
+            .bind(channel.as_str())
+            .bind(&hash[..])
+            .bind(&row.locale)
+            .bind(&row.account_ref)
+            .bind(&row.purpose)
+            .bind(&sealed.signals_ct)
+            .bind(row.max_sends as i32)
+            .bind(row.max_attempts as i32)
+            .bind(i64::from(config.lockout_seconds) * 1000)
+            .bind(row.test_number)
+            .bind(now)
+            .bind(expires_at)
+            .execute(&mut **tx)
+            .await?;
+            (row, false)
+        }
+    };
+    if let Some(payload) = &sealed.message {
+        sqlx::query(
+            "INSERT INTO outbox (verification_id, subject_id, channel, payload, status, next_attempt_at, not_after, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $5, $5)",
+        )
+        .bind(&row.id)
+        .bind(subject_id)
+        .bind(channel.as_str())
+        .bind(payload)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if let Some(idem) = &idempotency {
+        sqlx::query("INSERT INTO idempotency_keys (api_key_id, key, fingerprint, verification_id, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(&idem.api_key_id)
+            .bind(&idem.key)
+            .bind(&idem.fingerprint[..])
+            .bind(&row.id)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(StartOutcome::Started {
+        verification: row,
+        resent,
+    })
+}
+
+async fn check(
+    tx: &mut Transaction<'_, Postgres>,
+    codes: &CodeHasher,
+    id: &str,
+    code: &OtpCode,
+    now: Millis,
+) -> StoreResult<CheckOutcome> {
+    // FOR UPDATE: racing checks of one verification, on any instance, take turns.
+    let Some(r) = sqlx::query(&format!(
+        "SELECT {VERIFICATION_COLUMNS}, {SUBJECT_COLUMNS}, v.code_hash, v.lockout_ms
+         FROM verifications v JOIN subjects s ON s.id = v.subject_id WHERE v.id = $1 FOR UPDATE OF v"
+    ))
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?
+    else {
+        return Ok(CheckOutcome::NotFound);
+    };
+    let row = verification_from(&r)?;
+    let subject = subject_from(&r, 17)?;
+    let hash: Option<Vec<u8>> = r.try_get(21)?;
+    let lockout_ms: i64 = r.try_get(22)?;
+    let checked = |row: VerificationRow| Checked {
+        row,
+        subject: subject.clone(),
+    };
+    let matches = hash
+        .as_deref()
+        .is_some_and(|h| codes.matches(id, code.expose(), h));
+    let state = CheckState {
+        status: row.status,
+        expires_at: row.expires_at,
+        attempts: row.attempts,
+        max_attempts: row.max_attempts,
+        lockout_seconds: u32::try_from(lockout_ms / 1000).unwrap_or(u32::MAX),
+    };
+    let plan = match verify::plan_check(&state, matches, now) {
+        Ok(p) => p,
+        Err(verify::VerifyError::MaxAttemptsReached { .. }) => {
+            let until = lockout_until(tx, row.subject_id, &row.service_id).await?;
+            let why = verify::VerifyError::MaxAttemptsReached {
+                retry_after_ms: until.map_or(0, |u| (u - now).max(0)),
+            };
+            return Ok(CheckOutcome::Refused {
+                v: checked(row),
+                why,
+            });
+        }
+        Err(why) => {
+            return Ok(CheckOutcome::Refused {
+                v: checked(row),
+                why,
+            })
+        }
+    };
+    match plan {
+        CheckPlan::Approve => {
+            let n = sqlx::query(
+                "UPDATE verifications SET status = 'approved', code_hash = NULL, approved_at = $2, updated_at = $2
+                 WHERE id = $1 AND status = 'pending' AND expires_at > $2 AND attempts < max_attempts",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            if n != 1 {
+                let row = load_verification_required(tx, id).await?;
+                return Ok(CheckOutcome::Refused {
+                    why: verify::VerifyError::NotPending(row.status),
+                    v: checked(row),
+                });
+            }
+            end_queued_messages(tx, id, "canceled", now).await?;
+            let mut row = row;
+            row.status = verify::Status::Approved;
+            row.approved_at = Some(now);
+            row.updated_at = now;
+            Ok(CheckOutcome::Approved(checked(row)))
+        }
+        CheckPlan::Wrong { .. } | CheckPlan::Exhausted { .. } => {
+            let n = sqlx::query(
+                "UPDATE verifications SET attempts = attempts + 1, updated_at = $2,
+                    status = CASE WHEN attempts + 1 >= max_attempts THEN 'max_attempts_reached' ELSE status END,
+                    code_hash = CASE WHEN attempts + 1 >= max_attempts THEN NULL ELSE code_hash END
+                 WHERE id = $1 AND status = 'pending'",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            let row = load_verification_required(tx, id).await?;
+            if n != 1 {
+                return Ok(CheckOutcome::Refused {
+                    why: verify::VerifyError::NotPending(row.status),
+                    v: checked(row),
+                });
+            }
+            if let CheckPlan::Exhausted { locked_until } = plan {
+                sqlx::query(
+                    "INSERT INTO lockouts (subject_id, service_id, until) VALUES ($1, $2, $3)
+                     ON CONFLICT (subject_id, service_id) DO UPDATE SET until = GREATEST(lockouts.until, excluded.until)",
+                )
+                .bind(row.subject_id)
+                .bind(&row.service_id)
+                .bind(locked_until)
+                .execute(&mut **tx)
+                .await?;
+                end_queued_messages(tx, id, "canceled", now).await?;
+                let why = verify::VerifyError::MaxAttemptsReached {
+                    retry_after_ms: locked_until - now,
+                };
+                return Ok(CheckOutcome::Refused {
+                    v: checked(row),
+                    why,
+                });
+            }
+            let attempts_left = row.max_attempts.saturating_sub(row.attempts);
+            Ok(CheckOutcome::Wrong {
+                v: checked(row),
+                attempts_left,
+            })
+        }
+        CheckPlan::Expire => {
+            expire(tx, id, now).await?;
+            let row = load_verification_required(tx, id).await?;
+            Ok(CheckOutcome::Refused {
+                v: checked(row),
+                why: verify::VerifyError::Expired,
+            })
+        }
+    }
+}
+
+async fn bind(
+    tx: &mut Transaction<'_, Postgres>,
+    account_ref: &str,
+    verification_id: &str,
+    now: Millis,
+    window_ms: i64,
+) -> StoreResult<BindOutcome> {
+    let Some(v) = load_verification(tx, verification_id).await? else {
+        return Ok(BindOutcome::VerificationNotFound);
+    };
+    let Some(approved_at) = v
+        .approved_at
+        .filter(|_| v.status == verify::Status::Approved)
+    else {
+        return Ok(BindOutcome::NotApproved);
+    };
+    if v.account_ref.as_deref().is_some_and(|a| a != account_ref) {
+        return Ok(BindOutcome::AccountMismatch);
+    }
+    let existing = binding_by_account(tx, account_ref).await?;
+    if let Some(b) = &existing {
+        if b.subject.id == v.subject_id {
+            return Ok(BindOutcome::Bound {
+                binding: b.clone(),
+                replaced: false,
+            });
+        }
+    }
+    if now - approved_at > window_ms {
+        return Ok(BindOutcome::Stale);
+    }
+    let replaced = existing.is_some();
+    if replaced {
+        sqlx::query("UPDATE bindings SET ended_at = $2, end_reason = 'replaced' WHERE account_ref = $1 AND ended_at IS NULL")
+            .bind(account_ref)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+    }
+    sqlx::query("INSERT INTO bindings (account_ref, subject_id, verification_id, verified_at) VALUES ($1, $2, $3, $4)")
+        .bind(account_ref)
+        .bind(v.subject_id)
+        .bind(verification_id)
+        .bind(approved_at)
+        .execute(&mut **tx)
+        .await?;
+    let binding = binding_by_account(tx, account_ref)
+        .await?
+        .ok_or_else(|| internal("binding vanished inside its transaction"))?;
+    Ok(BindOutcome::Bound { binding, replaced })
+}
