@@ -64,7 +64,7 @@ pub fn extract_code(body: &str) -> Option<String> {
 }
 
 /// How long a bounded wait for the outbox worker may take before the test fails.
-const WAIT_LIMIT: Duration = Duration::from_secs(5);
+const WAIT_LIMIT: Duration = Duration::from_secs(15);
 const WAIT_STEP: Duration = Duration::from_millis(10);
 
 /// Polls `probe` until it returns `Some`, for at most five seconds; panics naming
