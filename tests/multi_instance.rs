@@ -1,0 +1,318 @@
+//! Several `ringfence serve` processes sharing one PostgreSQL: the guarantees hold
+//! across instances. Runs when `RINGFENCE_TEST_POSTGRES_URL` is set (CI sets it) and
+//! fails, never skips, if that database does not answer.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sqlx::Connection;
+
+fn postgres_url() -> Option<String> {
+    std::env::var("RINGFENCE_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// A database of its own for one test, dropped at the end.
+struct TestDb {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl TestDb {
+    async fn create(admin_url: &str) -> Self {
+        let name = format!("rf_multi_{}", hex(&rand_bytes()));
+        let mut conn = sqlx::PgConnection::connect(admin_url)
+            .await
+            .expect("RINGFENCE_TEST_POSTGRES_URL is set but PostgreSQL does not answer");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let base = admin_url.split('?').next().unwrap();
+        let (prefix, _) = base.rsplit_once('/').expect("the URL names a database");
+        Self {
+            admin_url: admin_url.to_owned(),
+            url: format!("{prefix}/{name}"),
+            name,
+        }
+    }
+
+    async fn drop_now(self) {
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin_url).await {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut conn)
+            .await;
+        }
+    }
+}
+
+fn rand_bytes() -> [u8; 6] {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let pid = std::process::id() as u128;
+    let x = t ^ (pid << 64);
+    let mut b = [0u8; 6];
+    b.copy_from_slice(&x.to_le_bytes()[..6]);
+    b
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn ringfence() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ringfence"))
+}
+
+struct Instance {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_instance(dir: &Path, db_url: &str, name: &str) -> Instance {
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let port = free_port();
+        let child = ringfence()
+            .current_dir(dir)
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--database-url",
+                db_url,
+            ])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--sms-sink")
+            .arg(format!(
+                "file:{}",
+                dir.join(format!("sms-{name}.jsonl")).display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("{name}.stderr"))).unwrap())
+            .spawn()
+            .unwrap();
+        let mut inst = Instance {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = inst.child.try_wait() {
+                break;
+            }
+            if let Ok(r) = client.get(format!("{}/readyz", inst.base)).send().await {
+                if r.status() == 200 {
+                    return inst;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = inst.child.kill();
+    }
+    panic!(
+        "ringfence serve did not come up: {}",
+        std::fs::read_to_string(dir.join(format!("{name}.stderr"))).unwrap_or_default()
+    );
+}
+
+fn create_key(dir: &Path, db_url: &str) -> String {
+    let out = ringfence()
+        .current_dir(dir)
+        .args([
+            "keys",
+            "create",
+            "--name",
+            "multi",
+            "--database-url",
+            db_url,
+        ])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned()
+}
+
+async fn code_from_sinks(dir: &Path, to: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        for name in ["a", "b"] {
+            let text =
+                std::fs::read_to_string(dir.join(format!("sms-{name}.jsonl"))).unwrap_or_default();
+            for line in text.lines().rev() {
+                let m: Value = serde_json::from_str(line).unwrap();
+                if m["to"] == to {
+                    let body = m["body"].as_str().unwrap();
+                    return body.chars().filter(char::is_ascii_digit).collect();
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no message to the number reached a sink"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn setup() -> Option<(tempfile::TempDir, TestDb, String, Instance, Instance)> {
+    let admin = postgres_url()?;
+    let db = TestDb::create(&admin).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = create_key(dir.path(), &db.url);
+    let a = start_instance(dir.path(), &db.url, "a").await;
+    let b = start_instance(dir.path(), &db.url, "b").await;
+    Some((dir, db, key, a, b))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_correct_checks_over_two_instances_approve_exactly_once() {
+    let Some((dir, db, key, a, b)) = setup().await else {
+        return;
+    };
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
+    let to = "+447400123456";
+    let started: Value = client
+        .post(format!("{}/v1/verifications", a.base))
+        .bearer_auth(&key)
+        .json(&json!({ "to": to }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = started["id"].as_str().expect("started").to_owned();
+    let code = code_from_sinks(dir.path(), to).await;
+
+    let tasks: Vec<_> = (0..1000)
+        .map(|i| {
+            let base = if i % 2 == 0 {
+                a.base.clone()
+            } else {
+                b.base.clone()
+            };
+            let (client, key, id, code) = (client.clone(), key.clone(), id.clone(), code.clone());
+            tokio::spawn(async move {
+                let r = client
+                    .post(format!("{base}/v1/verifications/{id}/check"))
+                    .bearer_auth(key)
+                    .json(&json!({ "code": code }))
+                    .send()
+                    .await
+                    .unwrap();
+                r.status().as_u16()
+            })
+        })
+        .collect();
+    let mut approved = 0;
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => approved += 1,
+            409 => refused += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(approved, 1, "exactly one check approves");
+    assert_eq!(refused, 999);
+    drop((a, b));
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_limits_hold_across_instances() {
+    let Some((_dir, db, key, a, b)) = setup().await else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    let to = "+447911123456";
+    let start = |base: String| {
+        let (client, key) = (client.clone(), key.clone());
+        async move {
+            let r = client
+                .post(format!("{base}/v1/verifications"))
+                .bearer_auth(key)
+                .json(&json!({ "to": to }))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            (status, body)
+        }
+    };
+    let (s1, first) = start(a.base.clone()).await;
+    assert_eq!(s1, 201);
+    // A re-send through the other instance is still inside the cooldown.
+    let (s2, second) = start(b.base.clone()).await;
+    assert_eq!(s2, 429, "{second}");
+    assert_eq!(second["error"]["code"], "resend_cooldown");
+    // Racing starts on both instances: one verification, never two pending ones.
+    let racers: Vec<_> = (0..20)
+        .map(|i| {
+            tokio::spawn(start(if i % 2 == 0 {
+                a.base.clone()
+            } else {
+                b.base.clone()
+            }))
+        })
+        .collect();
+    for r in racers {
+        let (status, body) = r.await.unwrap();
+        assert_eq!(status, 429, "{body}");
+    }
+    let id = first["id"].as_str().unwrap();
+    let got: Value = client
+        .get(format!("{}/v1/verifications/{id}", b.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["send_attempts"], 1);
+    drop((a, b));
+    db.drop_now().await;
+}
