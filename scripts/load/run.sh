@@ -2,6 +2,10 @@
 # Load test of the verification service on its embedded SQLite default.
 #
 #   scripts/load/run.sh [DURATION_SECONDS]        (env: MODES="full normal", CONNS=32)
+#   MODES=postgres POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test scripts/load/run.sh
+#
+# MODES lists what to measure: `full` and `normal` are the SQLite durability modes;
+# `postgres` uses a fresh database created on the server of $POSTGRES_URL.
 #
 # Builds the release binary and, for each durability mode in $MODES, starts
 # `ringfence serve` on a fresh data dir with the file sink and measures with wrk at
@@ -39,27 +43,33 @@ wrk_run() { # label, seconds, wrk args...
 echo "== $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ), wrk -t$THREADS -c$CONNS -d${DURATION}s"
 for MODE in $MODES; do
   WORK="$(mktemp -d)"
+  if [ "$MODE" = postgres ]; then
+    : "${POSTGRES_URL:?set POSTGRES_URL to measure PostgreSQL}"
+    DB="rf_load_$$"
+    psql "$POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
+    STORE=(--database-url "${POSTGRES_URL%/*}/$DB")
+  else
+    STORE=(--durability "$MODE")
+  fi
   export RINGFENCE_KEY
-  RINGFENCE_KEY="$("$BIN" keys create --data-dir "$WORK/data" --name load | tail -1)"
-  "$BIN" serve --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" --durability "$MODE" \
+  RINGFENCE_KEY="$("$BIN" keys create --data-dir "$WORK/data" "${STORE[@]}" --name load | tail -1)"
+  "$BIN" serve --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" "${STORE[@]}" \
     --sms-sink "file:$WORK/sms.jsonl" --log-format json >"$WORK/serve.out" 2>"$WORK/serve.err" &
   PID=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
 
-  echo "== durability=$MODE"
+  echo "== store: $MODE"
   wrk_run "ceiling: GET /healthz" "$DURATION" "http://127.0.0.1:$PORT/healthz"
   wrk_run "starts: POST /v1/verifications (fresh numbers)" "$((DURATION * 2))" -s scripts/load/start.lua "http://127.0.0.1:$PORT"
 
-  # Let the outbox drain, then pair each verification id with its code.
+  # Let the outbox drain (the sink file stops growing), then pair each verification id
+  # with its code.
+  last=-1
   for _ in $(seq 300); do
-    queued=$(python3 - "$WORK/data/ringfence.db" <<'PY'
-import sqlite3, sys
-c = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
-print(c.execute("select count(*) from outbox where status in ('queued','sending','retry')").fetchone()[0])
-PY
-)
-    [ "$queued" = 0 ] && break
-    sleep 0.2
+    now=$(wc -l <"$WORK/sms.jsonl")
+    [ "$now" = "$last" ] && break
+    last=$now
+    sleep 0.5
   done
   python3 - "$WORK/sms.jsonl" "$WORK/pairs.txt" <<'PY'
 import json, re, sys
@@ -77,5 +87,6 @@ PY
   echo "-- server peak RSS: $(awk '/VmHWM/ {printf "%.1f MiB", $2/1024}' /proc/$PID/status)"
   kill "$PID"; wait "$PID" 2>/dev/null || true; PID=
   rm -rf "$WORK"; WORK=
+  if [ "$MODE" = postgres ]; then psql "$POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)"; fi
   sleep 1
 done
