@@ -1,0 +1,201 @@
+//! Checking codes: approval (single use), wrong codes and the attempt limit with its
+//! lockout, expiry, unknown verifications.
+
+use ringfence::store::{CheckOutcome, StartOutcome};
+use ringfence::verify::{Status, VerifyError};
+
+use crate::backend::each_backend;
+use crate::fixtures::{CODE, PHONE, SECOND, T0, WRONG};
+
+#[tokio::test]
+async fn the_right_code_approves() {
+    each_backend(|b| async move {
+        let svc = b.service("signup", |_| {}).await;
+        let v = b.start(&svc, PHONE).started().await;
+        let now = T0 + 5 * SECOND;
+
+        let out = b.check(&v.id, CODE, now).await;
+        let CheckOutcome::Approved(c) = out else {
+            panic!("expected approval, got {out:?}");
+        };
+        assert_eq!(c.row.id, v.id);
+        assert_eq!(c.row.status, Status::Approved);
+        assert_eq!(c.row.approved_at, Some(now));
+        assert_eq!(c.row.updated_at, now);
+        assert_eq!(c.row.attempts, 0);
+        assert_eq!(c.subject.id, v.subject_id);
+        assert_eq!(
+            b.phone_of(&c.subject),
+            PHONE,
+            "the subject comes with the answer"
+        );
+
+        let stored = b.details(&v.id).await.row;
+        assert_eq!(stored.status, Status::Approved);
+        assert_eq!(stored.approved_at, Some(now));
+        assert!(
+            !b.inspect.has_code_hash(&v.id).await,
+            "a used code is erased"
+        );
+        // The code is used: its message, not yet sent, is not sent any more.
+        assert_eq!(b.message_statuses(&v.id).await, ["canceled"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_approved_verification_takes_no_more_codes() {
+    each_backend(|b| async move {
+        let svc = b.service("signup", |_| {}).await;
+        let v = b.start(&svc, PHONE).started().await;
+        b.check(&v.id, CODE, T0 + SECOND).await;
+
+        for code in [CODE, WRONG] {
+            let out = b.check(&v.id, code, T0 + 2 * SECOND).await;
+            assert!(
+                matches!(
+                    out,
+                    CheckOutcome::Refused {
+                        why: VerifyError::NotPending(Status::Approved),
+                        ..
+                    }
+                ),
+                "got {out:?}"
+            );
+        }
+        let row = b.details(&v.id).await.row;
+        assert_eq!(row.attempts, 0, "refused checks count no attempt");
+        assert_eq!(row.approved_at, Some(T0 + SECOND));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_wrong_code_counts_an_attempt() {
+    each_backend(|b| async move {
+        let svc = b.service("signup", |_| {}).await;
+        let v = b.start(&svc, PHONE).started().await;
+
+        for (n, left) in [(1, 4), (2, 3)] {
+            let now = T0 + n * SECOND;
+            let out = b.check(&v.id, WRONG, now).await;
+            let CheckOutcome::Wrong {
+                v: c,
+                attempts_left,
+            } = out
+            else {
+                panic!("expected a wrong code, got {out:?}");
+            };
+            assert_eq!(attempts_left, left);
+            assert_eq!(c.row.attempts, 5 - left);
+            assert_eq!(c.row.status, Status::Pending);
+            assert_eq!(c.row.updated_at, now);
+            assert_eq!(c.subject.id, v.subject_id);
+        }
+        let CheckOutcome::Approved(c) = b.check(&v.id, CODE, T0 + 3 * SECOND).await else {
+            panic!("the right code still approves");
+        };
+        assert_eq!(c.row.attempts, 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_last_wrong_code_ends_the_verification_and_locks_the_number_out() {
+    each_backend(|b| async move {
+        let svc = b
+            .service("signup", |c| {
+                c.max_check_attempts = 3;
+                c.lockout_seconds = 600;
+            })
+            .await;
+        let v = b.start(&svc, PHONE).started().await;
+        b.check(&v.id, WRONG, T0 + SECOND).await;
+        b.check(&v.id, WRONG, T0 + 2 * SECOND).await;
+
+        let out = b.check(&v.id, WRONG, T0 + 3 * SECOND).await;
+        let CheckOutcome::Refused { v: c, why } = out else {
+            panic!("expected a refusal, got {out:?}");
+        };
+        assert_eq!(
+            why,
+            VerifyError::MaxAttemptsReached {
+                retry_after_ms: 600_000
+            }
+        );
+        assert_eq!(c.row.status, Status::MaxAttemptsReached);
+        assert_eq!(c.row.attempts, 3);
+        assert!(
+            !b.inspect.has_code_hash(&v.id).await,
+            "the code hash is erased"
+        );
+        assert_eq!(b.message_statuses(&v.id).await, ["canceled"]);
+
+        // Even the right code is refused now, with the time left of the lockout.
+        let out = b.check(&v.id, CODE, T0 + 4 * SECOND).await;
+        let CheckOutcome::Refused { v: c, why } = out else {
+            panic!("expected a refusal, got {out:?}");
+        };
+        assert_eq!(
+            why,
+            VerifyError::MaxAttemptsReached {
+                retry_after_ms: 599_000
+            }
+        );
+        assert_eq!(c.row.attempts, 3, "refused checks count no attempt");
+
+        let out = b.start(&svc, PHONE).at(T0 + 4 * SECOND).send().await;
+        assert!(
+            matches!(
+                out,
+                StartOutcome::Refused(VerifyError::LockedOut {
+                    retry_after_ms: 599_000
+                })
+            ),
+            "got {out:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_check_at_expiry_records_the_expiry() {
+    each_backend(|b| async move {
+        let svc = b.service("signup", |_| {}).await;
+        let v = b.start(&svc, PHONE).started().await;
+
+        // One millisecond before expiry the verification is still alive.
+        assert!(matches!(
+            b.check(&v.id, WRONG, v.expires_at - 1).await,
+            CheckOutcome::Wrong { .. }
+        ));
+        for now in [v.expires_at, v.expires_at + SECOND] {
+            let out = b.check(&v.id, CODE, now).await;
+            let CheckOutcome::Refused { v: c, why } = out else {
+                panic!("expected a refusal, got {out:?}");
+            };
+            assert_eq!(why, VerifyError::Expired);
+            assert_eq!(c.row.status, Status::Expired);
+        }
+        assert_eq!(b.status(&v.id).await, Status::Expired);
+        assert!(
+            !b.inspect.has_code_hash(&v.id).await,
+            "the code hash is erased"
+        );
+        assert_eq!(b.message_statuses(&v.id).await, ["expired"]);
+        let messages = b.inspect.outbox(&v.id).await;
+        assert!(!messages[0].has_payload, "the message content is erased");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_unknown_verification_is_not_found() {
+    each_backend(|b| async move {
+        let out = b
+            .check("VE00000000000000000000000000000000", CODE, T0)
+            .await;
+        assert!(matches!(out, CheckOutcome::NotFound), "got {out:?}");
+    })
+    .await;
+}
