@@ -112,6 +112,9 @@ pub enum VerifyError {
 pub struct PendingState {
     pub expires_at: Millis,
     pub sends: u32,
+    /// The limit the verification started with: changing the service later does not
+    /// extend (or cut short) a verification already under way.
+    pub max_sends: u32,
     pub last_sent_at: Millis,
 }
 
@@ -144,7 +147,7 @@ pub fn plan_start(
     if now >= p.expires_at {
         return Ok(StartPlan::New { expire_stale: true });
     }
-    if p.sends >= cfg.max_sends {
+    if p.sends >= p.max_sends {
         return Err(VerifyError::MaxSendsReached {
             retry_after_ms: p.expires_at - now,
         });
@@ -244,6 +247,7 @@ mod tests {
         let p = PendingState {
             expires_at: 600_000,
             sends: 1,
+            max_sends: c.max_sends,
             last_sent_at: 0,
         };
         assert_eq!(

@@ -11,6 +11,7 @@
 
 mod backend;
 mod fixtures;
+mod postgres;
 mod sqlite;
 
 mod api_keys;

@@ -398,7 +398,6 @@ async fn a_test_number_queues_no_message() {
 }
 
 #[tokio::test]
-#[ignore = "bug: after max_sends is raised, a resend reports success and queues a code whose hash was never stored (ops::start ignores its conditional UPDATE's row count)"]
 async fn raising_max_sends_does_not_extend_a_started_verification() {
     each_backend(|b| async move {
         let svc = b

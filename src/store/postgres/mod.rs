@@ -132,19 +132,16 @@ impl PgStore {
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
             .after_connect(move |conn, _| {
-                let schema = schema.clone();
+                // Owned statements: the future must be Send for every lifetime of `conn`.
+                let mut statements = vec![format!("SET statement_timeout = {timeout_ms}")];
+                if let Some(schema) = &schema {
+                    // Validated above: safe to splice.
+                    statements.push(format!("CREATE SCHEMA IF NOT EXISTS {schema}"));
+                    statements.push(format!("SET search_path TO {schema}"));
+                }
                 Box::pin(async move {
-                    sqlx::query(&format!("SET statement_timeout = {timeout_ms}"))
-                        .execute(&mut *conn)
-                        .await?;
-                    if let Some(schema) = schema {
-                        // Validated above: safe to splice.
-                        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query(&format!("SET search_path TO {schema}"))
-                            .execute(&mut *conn)
-                            .await?;
+                    for sql in statements {
+                        sqlx::query(&sql).execute(&mut *conn).await?;
                     }
                     Ok(())
                 })
@@ -180,8 +177,15 @@ async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
             "the database has schema version {current}, newer than this binary knows ({latest})"
         );
     }
-    for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-        sqlx::raw_sql(sql).execute(&mut *tx).await?;
+    // Collected first: an iterator adapter's closure held across `await` would make
+    // this future not `Send` for every lifetime.
+    let pending: Vec<(i64, &'static str)> = MIGRATIONS
+        .iter()
+        .copied()
+        .filter(|m| m.0 > current)
+        .collect();
+    for (version, sql) in pending {
+        sqlx::Executor::execute(&mut *tx, sql).await?;
         sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
             .bind(version)
             .bind(crate::clock::Clock::now(&crate::clock::SystemClock))
@@ -866,6 +870,7 @@ async fn start(
     let pending_state = pending.as_ref().map(|(v, last)| PendingState {
         expires_at: v.expires_at,
         sends: v.sends,
+        max_sends: v.max_sends,
         last_sent_at: *last,
     });
     let plan = match verify::plan_start(pending_state.as_ref(), locked_until, &config, now) {

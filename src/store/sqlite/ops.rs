@@ -316,6 +316,7 @@ pub fn start(c: &Connection, codes: &CodeHasher, cmd: StartCmd) -> StoreResult<S
     let pending_state = pending.as_ref().map(|(v, last)| PendingState {
         expires_at: v.expires_at,
         sends: v.sends,
+        max_sends: v.max_sends,
         last_sent_at: *last,
     });
 
