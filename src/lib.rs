@@ -12,3 +12,4 @@ pub mod delivery;
 pub mod http;
 pub mod store;
 pub mod verify;
+pub mod counters;

@@ -1,0 +1,271 @@
+//! Counters in this process's memory: correct for exactly one instance.
+//!
+//! The keys are spread over shards (a `Mutex<HashMap>` each, chosen by a hash with a
+//! per-process random seed, so nobody can aim all their keys at one shard). A lock is
+//! held only for one map operation, never across an `.await`.
+//!
+//! ## Expiry and the size bound
+//!
+//! Expiry is lazy and follows the caller's `now`, like everything else: an entry past
+//! its expiry reads as absent. A GCRA entry expires when its TAT passes (from then on
+//! it means "full burst", exactly like no entry); a window counter expires when its
+//! window ends.
+//!
+//! Each shard holds at most `max_entries / SHARDS` keys (rounded up), so an attacker
+//! who varies keys (random IPs, random prefixes) cannot exhaust memory. When a new key
+//! arrives at a full shard, the shard first drops every expired entry; if that frees
+//! less than an eighth of it, it **evicts the entries closest to their expiry** until
+//! an eighth is free. Those carry the least state: a GCRA key about to expire is
+//! almost back to its full burst anyway, while a key that was driven hard (the one
+//! being limited) expires last and is kept. A flood of one-off keys therefore evicts
+//! other one-off keys, not the limits that are biting. Freeing an eighth at a time
+//! makes the scan amortised O(1) per insert. Redis configured with
+//! `maxmemory-policy volatile-ttl` applies the same rule.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use super::{
+    check_key, check_window, gcra_step, window_of, Counters, CountersResult, GcraDecision, Rate,
+};
+use crate::clock::Millis;
+
+const SHARDS: usize = 16;
+
+/// The default bound on keys: about 100 MB at worst with keys of the maximum length.
+pub const DEFAULT_MAX_ENTRIES: usize = 500_000;
+
+pub struct MemoryCounters {
+    shards: Box<[Mutex<Shard>]>,
+    seed: RandomState,
+    per_shard: usize,
+}
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<String, Entry>,
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
+    /// A GCRA TAT (µs) or a window count.
+    value: i64,
+    /// The caller-time (ms) from which this entry reads as absent.
+    expires_at: Millis,
+}
+
+impl Default for MemoryCounters {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_ENTRIES)
+    }
+}
+
+impl std::fmt::Debug for MemoryCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryCounters")
+            .field("max_entries", &(self.per_shard * SHARDS))
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryCounters {
+    /// Holds at most `max_entries` keys (rounded up to a multiple of the shard count).
+    pub fn new(max_entries: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            seed: RandomState::new(),
+            per_shard: max_entries.div_ceil(SHARDS).max(1),
+        }
+    }
+
+    /// Keys held now, including expired ones not yet swept.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).map.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
+        let i = (self.seed.hash_one(key) as usize) % SHARDS;
+        lock(&self.shards[i])
+    }
+}
+
+fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // The guarded state is plain numbers, valid after any panic.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shard {
+    fn get(&mut self, key: &str, now: Millis) -> Option<i64> {
+        match self.map.get(key) {
+            Some(e) if e.expires_at > now => Some(e.value),
+            Some(_) => {
+                self.map.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn put(&mut self, key: String, entry: Entry, cap: usize, now: Millis) {
+        if self.map.len() >= cap && !self.map.contains_key(&key) {
+            self.make_room(cap, now);
+        }
+        self.map.insert(key, entry);
+    }
+
+    /// Drops expired entries, then the soonest-expiring ones, until an eighth of the
+    /// shard is free (see the module docs).
+    fn make_room(&mut self, cap: usize, now: Millis) {
+        self.map.retain(|_, e| e.expires_at > now);
+        let target = cap.saturating_sub((cap / 8).max(1));
+        if self.map.len() <= target {
+            return;
+        }
+        let excess = self.map.len() - target;
+        let mut expiries: Vec<Millis> = self.map.values().map(|e| e.expires_at).collect();
+        let cutoff = *expiries.select_nth_unstable(excess - 1).1;
+        // Fewer than `excess` entries expire strictly before the cutoff: drop them all,
+        // then as many at the cutoff as needed.
+        let mut left = excess;
+        self.map.retain(|_, e| {
+            let drop = left > 0 && e.expires_at < cutoff;
+            left -= usize::from(drop);
+            !drop
+        });
+        self.map.retain(|_, e| {
+            let drop = left > 0 && e.expires_at == cutoff;
+            left -= usize::from(drop);
+            !drop
+        });
+    }
+}
+
+fn gcra_key(key: &str) -> String {
+    format!("g:{key}")
+}
+
+fn window_key(key: &str, window_ms: i64, index: i64) -> String {
+    format!("w:{window_ms}:{index}:{key}")
+}
+
+#[async_trait]
+impl Counters for MemoryCounters {
+    async fn gcra(&self, key: &str, rate: Rate, now: Millis) -> CountersResult<GcraDecision> {
+        check_key(key)?;
+        let k = gcra_key(key);
+        let mut shard = self.shard(&k);
+        let tat = shard.get(&k, now);
+        let (decision, new_tat) = gcra_step(tat, rate, now, 1);
+        if let Some(new_tat) = new_tat {
+            // Absent and "TAT has passed" mean the same, so expire at the TAT.
+            let expires_at = new_tat.div_euclid(1000) + 1;
+            let entry = Entry {
+                value: new_tat,
+                expires_at,
+            };
+            shard.put(k, entry, self.per_shard, now);
+        }
+        Ok(decision)
+    }
+
+    async fn incr_window(
+        &self,
+        key: &str,
+        window_ms: i64,
+        by: u64,
+        now: Millis,
+    ) -> CountersResult<u64> {
+        check_key(key)?;
+        let window_ms = check_window(window_ms)?;
+        let (index, left) = window_of(window_ms, now);
+        let k = window_key(key, window_ms, index);
+        let mut shard = self.shard(&k);
+        let count = shard.get(&k, now).unwrap_or(0);
+        // Counts are kept as i64, as in Redis (INCRBY); they saturate rather than wrap.
+        let by = i64::try_from(by).unwrap_or(i64::MAX);
+        let count = count.saturating_add(by);
+        let entry = Entry {
+            value: count,
+            expires_at: now + left,
+        };
+        shard.put(k, entry, self.per_shard, now);
+        Ok(count as u64)
+    }
+
+    async fn get_window(&self, key: &str, window_ms: i64, now: Millis) -> CountersResult<u64> {
+        check_key(key)?;
+        let window_ms = check_window(window_ms)?;
+        let (index, _) = window_of(window_ms, now);
+        let k = window_key(key, window_ms, index);
+        let count = self.shard(&k).get(&k, now).unwrap_or(0);
+        Ok(count.max(0) as u64)
+    }
+
+    async fn ping(&self) -> CountersResult<()> {
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Millis = 1_764_072_000_000;
+
+    #[tokio::test]
+    async fn a_flood_of_new_keys_stays_within_the_bound() {
+        let c = MemoryCounters::new(64);
+        for i in 0..10_000 {
+            let key = format!("ip:{i:x}");
+            c.gcra(&key, Rate::per_second(1), NOW).await.unwrap();
+            c.incr_window(&key, 60_000, 1, NOW).await.unwrap();
+        }
+        assert!(c.len() <= 64, "{}", c.len());
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_one_off_keys_does_not_evict_a_biting_limit() {
+        let c = MemoryCounters::new(64);
+        let victim = Rate::per_hour(3);
+        for _ in 0..3 {
+            assert!(c.gcra("acct:v", victim, NOW).await.unwrap().allowed);
+        }
+        assert!(!c.gcra("acct:v", victim, NOW).await.unwrap().allowed);
+        for i in 0..10_000 {
+            let key = format!("ip:{i:x}");
+            c.gcra(&key, Rate::per_second(1), NOW + i / 10)
+                .await
+                .unwrap();
+        }
+        let d = c.gcra("acct:v", victim, NOW + 1_000).await.unwrap();
+        assert!(!d.allowed, "the limited key was evicted");
+    }
+
+    #[tokio::test]
+    async fn expired_entries_read_as_absent_and_are_swept() {
+        let c = MemoryCounters::new(1_000);
+        c.incr_window("p:1", 1_000, 5, NOW).await.unwrap();
+        assert_eq!(c.get_window("p:1", 1_000, NOW + 999).await.unwrap(), 5);
+        assert_eq!(c.get_window("p:1", 1_000, NOW + 1_000).await.unwrap(), 0);
+        c.gcra("n:1", Rate::per_second(1), NOW).await.unwrap();
+        assert_eq!(c.len(), 2);
+        // Reading the GCRA key after its TAT removes it.
+        let d = c
+            .gcra("n:1", Rate::per_second(1), NOW + 5_000)
+            .await
+            .unwrap();
+        assert_eq!(d.remaining, 0);
+    }
+}

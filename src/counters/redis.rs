@@ -1,0 +1,226 @@
+//! Counters in Redis: one state for many instances.
+//!
+//! * **Atomicity** comes from Redis running each Lua script as one step: the GCRA read-
+//!   decide-write and the window INCRBY + PEXPIRE are one script each, one key each
+//!   (so they also work on Redis Cluster). Scripts are sent with EVALSHA, and the
+//!   crate falls back to EVAL (loading the script) when the server does not know it.
+//! * **Time** is the caller's `now`, passed as an argument; the scripts never call
+//!   `TIME`. Instances sharing a Redis must keep their clocks synchronised (NTP).
+//!   TTLs are set relative to that `now` (how long until the state means nothing), so
+//!   Redis's own clock does not matter.
+//! * **Failure** is fast and explicit: every command is bounded by a timeout (250 ms by
+//!   default, including waiting for a connection) and returns
+//!   [`CountersError::Unavailable`], on which callers fail closed. The connection is a
+//!   `ConnectionManager`: one multiplexed connection, re-established in the background
+//!   after it drops. A command that times out after reaching Redis may still have been
+//!   applied; failing closed makes that harmless.
+//! * **Keys** are `rf:g:<key>` (a GCRA TAT in µs) and `rf:w:<window_ms>:<index>:<key>`
+//!   (a window count). With `maxmemory`, use `maxmemory-policy volatile-ttl`: every key
+//!   here has a TTL, and that policy evicts the one closest to expiry first, as the
+//!   memory backend does.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Script};
+
+use super::{
+    check_key, check_window, gcra_step, redact, window_of, Counters, CountersError, CountersResult,
+    GcraDecision, Rate,
+};
+use crate::clock::Millis;
+
+/// The bound on one command, connecting included.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// The GCRA rule of [`gcra_step`], applied atomically. Rust computes the interval and
+/// burst; the script only adds and compares integers (exact in Lua's doubles below
+/// 2^53, i.e. TATs in µs until the year 2255). It returns whether it admitted and the
+/// TAT it found ('' if none), from which Rust builds the full decision.
+const GCRA_LUA: &str = r#"
+-- KEYS[1]: the key's TAT, µs since the epoch, as a decimal string
+-- ARGV[1]: now (µs)  ARGV[2]: interval * cost (µs)  ARGV[3]: burst (µs)
+local now = tonumber(ARGV[1])
+local increment = tonumber(ARGV[2])
+local burst = tonumber(ARGV[3])
+local stored = redis.call('GET', KEYS[1])
+local tat = now
+if stored then
+  local seen = tonumber(stored)
+  if seen > tat then tat = seen end
+else
+  stored = ''
+end
+local new_tat = tat + increment
+if new_tat - burst <= now then
+  -- The state means nothing once its TAT has passed: let Redis forget it then.
+  local ttl_ms = math.floor((new_tat - now) / 1000) + 1
+  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', string.format('%.0f', ttl_ms))
+  return {1, stored}
+end
+return {0, stored}
+"#;
+
+/// INCRBY and PEXPIRE in one step, so a counter can never be left without expiry.
+const WINDOW_LUA: &str = r#"
+-- KEYS[1]: the window's count  ARGV[1]: increment  ARGV[2]: ms left in the window
+local n = redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return n
+"#;
+
+pub struct RedisCounters {
+    conn: ConnectionManager,
+    timeout: Duration,
+    gcra: Script,
+    window: Script,
+    /// The URL with any password hidden, for error messages.
+    target: String,
+}
+
+impl std::fmt::Debug for RedisCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCounters")
+            .field("target", &self.target)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisCounters {
+    /// Prepares a connection to `url` (`redis://` or `rediss://`) with the default
+    /// timeout. Nothing is sent yet: the first command connects, so a Redis that is
+    /// down at start-up makes commands fail closed instead of stopping the service.
+    /// Needs a Tokio runtime.
+    pub async fn connect(url: &str) -> CountersResult<Self> {
+        Self::connect_with_timeout(url, DEFAULT_TIMEOUT).await
+    }
+
+    pub async fn connect_with_timeout(url: &str, timeout: Duration) -> CountersResult<Self> {
+        let target = redact(url);
+        let client = redis::Client::open(url).map_err(|e| {
+            CountersError::Unavailable(format!("invalid Redis URL {target}: {:?}", e.kind()))
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(timeout);
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| CountersError::Unavailable(format!("redis {target}: {e}")))?;
+        Ok(Self {
+            conn,
+            timeout,
+            gcra: Script::new(GCRA_LUA),
+            window: Script::new(WINDOW_LUA),
+            target,
+        })
+    }
+
+    /// Runs one command under the timeout, mapping failures to typed errors. Messages
+    /// name the operation and the server, never the key.
+    async fn run<T>(
+        &self,
+        what: &'static str,
+        f: impl Future<Output = Result<T, RedisError>>,
+    ) -> CountersResult<T> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.classify(what, &e)),
+            Err(_) => Err(CountersError::Unavailable(format!(
+                "redis {} {what}: no answer within {} ms",
+                self.target,
+                self.timeout.as_millis()
+            ))),
+        }
+    }
+
+    fn classify(&self, what: &str, e: &RedisError) -> CountersError {
+        use redis::ErrorKind;
+        let msg = format!("redis {} {what}: {e}", self.target);
+        match e.kind() {
+            ErrorKind::Parse | ErrorKind::UnexpectedReturnType => CountersError::Backend(msg),
+            _ => CountersError::Unavailable(msg),
+        }
+    }
+}
+
+#[async_trait]
+impl Counters for RedisCounters {
+    async fn gcra(&self, key: &str, rate: Rate, now: Millis) -> CountersResult<GcraDecision> {
+        check_key(key)?;
+        let cost = 1;
+        let now_us = now.saturating_mul(1000);
+        let mut conn = self.conn.clone();
+        let mut call = self.gcra.key(format!("rf:g:{key}"));
+        call.arg(now_us)
+            .arg(rate.interval_us().saturating_mul(cost))
+            .arg(rate.burst_us());
+        let (admitted, stored): (i64, String) =
+            self.run("gcra", call.invoke_async(&mut conn)).await?;
+        let seen = match stored.as_str() {
+            "" => None,
+            s => Some(s.parse::<i64>().map_err(|_| {
+                CountersError::Backend("redis gcra: stored TAT is not an integer".into())
+            })?),
+        };
+        let (decision, _) = gcra_step(seen, rate, now, cost as u32);
+        if decision.allowed != (admitted == 1) {
+            return Err(CountersError::Backend(
+                "redis gcra: script and gcra_step disagree".into(),
+            ));
+        }
+        Ok(decision)
+    }
+
+    async fn incr_window(
+        &self,
+        key: &str,
+        window_ms: i64,
+        by: u64,
+        now: Millis,
+    ) -> CountersResult<u64> {
+        check_key(key)?;
+        let window_ms = check_window(window_ms)?;
+        let (index, left) = window_of(window_ms, now);
+        let by = i64::try_from(by).unwrap_or(i64::MAX);
+        let mut conn = self.conn.clone();
+        let mut call = self.window.key(format!("rf:w:{window_ms}:{index}:{key}"));
+        call.arg(by).arg(left);
+        let n: i64 = self
+            .run("incr_window", call.invoke_async(&mut conn))
+            .await?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn get_window(&self, key: &str, window_ms: i64, now: Millis) -> CountersResult<u64> {
+        check_key(key)?;
+        let window_ms = check_window(window_ms)?;
+        let (index, _) = window_of(window_ms, now);
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(format!("rf:w:{window_ms}:{index}:{key}"));
+        let n: Option<i64> = self.run("get_window", cmd.query_async(&mut conn)).await?;
+        Ok(n.unwrap_or(0).max(0) as u64)
+    }
+
+    async fn ping(&self) -> CountersResult<()> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("PING");
+        let pong: String = self.run("ping", cmd.query_async(&mut conn)).await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(CountersError::Backend(format!(
+                "redis {} ping: unexpected answer",
+                self.target
+            )))
+        }
+    }
+
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+}

@@ -1,0 +1,373 @@
+//! One conformance suite for the counters, written once and run against both
+//! backends: in memory always, and on Redis whenever `RINGFENCE_TEST_REDIS_URL` is set
+//! (CI sets it). When it is set, a Redis that does not answer fails the Redis tests; it
+//! never skips them.
+//!
+//! Time is a manual clock, so nothing sleeps. Every test uses its own random key
+//! prefix, so tests running in parallel on one Redis never share a key.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ringfence::clock::{Clock, ManualClock};
+use ringfence::counters::{
+    Counters, CountersError, CountersSpec, MemoryCounters, Rate, RedisCounters,
+};
+
+/// A fresh key prefix, unique per test run.
+fn prefix() -> String {
+    format!("test:{:016x}", rand::random::<u64>())
+}
+
+fn memory() -> Arc<dyn Counters> {
+    Arc::new(MemoryCounters::default())
+}
+
+/// The Redis under test, or `None` when `RINGFENCE_TEST_REDIS_URL` is unset. Panics if
+/// it is set and Redis does not answer.
+async fn redis() -> Option<Arc<dyn Counters>> {
+    let url = std::env::var("RINGFENCE_TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    // A generous bound here: the suite checks behaviour, and a loaded two-core CI
+    // machine must not turn into false failures. The default bound is tested below.
+    let c = RedisCounters::connect_with_timeout(&url, Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("RINGFENCE_TEST_REDIS_URL is set but unusable: {e}"));
+    c.ping().await.unwrap_or_else(|e| {
+        panic!("RINGFENCE_TEST_REDIS_URL is set but Redis does not answer: {e}")
+    });
+    Some(Arc::new(c))
+}
+
+/// Declares every conformance test once per backend.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::memory()).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    match super::redis().await {
+                        Some(c) => super::$name(c).await,
+                        None => eprintln!("RINGFENCE_TEST_REDIS_URL unset: Redis not tested"),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    gcra_admits_the_burst_refuses_then_recovers,
+    gcra_refusal_does_not_consume,
+    gcra_keys_and_rates_are_independent,
+    gcra_is_atomic_under_concurrency,
+    windows_count_and_expire_with_the_window,
+    window_increments_are_atomic_under_concurrency,
+    sliding_estimate_weighs_the_previous_window,
+    keys_that_look_like_phone_numbers_are_refused,
+    ping_answers,
+);
+
+async fn gcra_admits_the_burst_refuses_then_recovers(c: Arc<dyn Counters>) {
+    let clock = ManualClock::starting_now();
+    let key = format!("{}:n", prefix());
+    let rate = Rate::per_minute(5); // one every 12 s
+
+    let mut remaining = Vec::new();
+    for _ in 0..5 {
+        let d = c.gcra(&key, rate, clock.now()).await.unwrap();
+        assert!(d.allowed);
+        assert_eq!(d.retry_after_ms, None);
+        remaining.push(d.remaining);
+    }
+    assert_eq!(remaining, [4, 3, 2, 1, 0]);
+
+    let refused = c.gcra(&key, rate, clock.now()).await.unwrap();
+    assert!(!refused.allowed);
+    assert_eq!(refused.limit, 5);
+    assert_eq!(refused.remaining, 0);
+    assert_eq!(refused.retry_after_ms, Some(12_000));
+    assert_eq!(refused.reset_after_ms, 60_000);
+
+    clock.advance(Duration::from_millis(11_999));
+    let early = c.gcra(&key, rate, clock.now()).await.unwrap();
+    assert_eq!((early.allowed, early.retry_after_ms), (false, Some(1)));
+
+    clock.advance(Duration::from_millis(1));
+    let on_time = c.gcra(&key, rate, clock.now()).await.unwrap();
+    assert!(on_time.allowed);
+    assert_eq!(on_time.remaining, 0);
+    assert!(!c.gcra(&key, rate, clock.now()).await.unwrap().allowed);
+
+    clock.advance(Duration::from_secs(60));
+    let mut admitted = 0;
+    for _ in 0..7 {
+        admitted += usize::from(c.gcra(&key, rate, clock.now()).await.unwrap().allowed);
+    }
+    assert_eq!(admitted, 5, "a full period restores the whole burst");
+}
+
+async fn gcra_refusal_does_not_consume(c: Arc<dyn Counters>) {
+    let clock = ManualClock::starting_now();
+    let key = format!("{}:ip", prefix());
+    let rate = Rate::per_minute(2); // one every 30 s
+    assert!(c.gcra(&key, rate, clock.now()).await.unwrap().allowed);
+    assert!(c.gcra(&key, rate, clock.now()).await.unwrap().allowed);
+
+    clock.advance(Duration::from_secs(1));
+    for _ in 0..50 {
+        let d = c.gcra(&key, rate, clock.now()).await.unwrap();
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after_ms, Some(29_000));
+    }
+    // The hammering did not move the reopening.
+    clock.advance(Duration::from_secs(29));
+    assert!(c.gcra(&key, rate, clock.now()).await.unwrap().allowed);
+}
+
+async fn gcra_keys_and_rates_are_independent(c: Arc<dyn Counters>) {
+    let now = ManualClock::starting_now().now();
+    let p = prefix();
+    let (a, b) = (format!("{p}:a"), format!("{p}:b"));
+    let rate = Rate::per_hour(1);
+    assert!(c.gcra(&a, rate, now).await.unwrap().allowed);
+    assert!(!c.gcra(&a, rate, now).await.unwrap().allowed);
+    assert!(c.gcra(&b, rate, now).await.unwrap().allowed);
+    // A zero limit refuses everything and writes nothing.
+    let z = format!("{p}:z");
+    let d = c.gcra(&z, Rate::per_hour(0), now).await.unwrap();
+    assert!(!d.allowed);
+    assert!(c.gcra(&z, rate, now).await.unwrap().allowed);
+}
+
+async fn gcra_is_atomic_under_concurrency(c: Arc<dyn Counters>) {
+    let now = ManualClock::starting_now().now();
+    let key = format!("{}:prefix", prefix());
+    let rate = Rate::per_hour(50);
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let (c, key) = (c.clone(), key.clone());
+            tokio::spawn(async move { c.gcra(&key, rate, now).await.unwrap() })
+        })
+        .collect();
+    let mut remaining: Vec<u32> = Vec::new();
+    let mut refused = 0;
+    for d in futures::future::join_all(tasks).await {
+        let d = d.unwrap();
+        if d.allowed {
+            remaining.push(d.remaining);
+        } else {
+            refused += 1;
+        }
+    }
+    assert_eq!(remaining.len(), 50, "exactly the burst is admitted");
+    assert_eq!(refused, 150);
+    // Each admitted request saw a distinct state: the remainders are 49, 48, …, 0.
+    remaining.sort_unstable();
+    assert_eq!(remaining, (0..50).collect::<Vec<u32>>());
+}
+
+async fn windows_count_and_expire_with_the_window(c: Arc<dyn Counters>) {
+    // Start at the beginning of a minute, so the window boundary is known.
+    let clock = ManualClock::starting_now();
+    clock.advance(Duration::from_millis(
+        (60_000 - clock.now().rem_euclid(60_000)) as u64,
+    ));
+    let p = prefix();
+    let key = format!("{p}:sends");
+    let minute = 60_000;
+
+    assert_eq!(c.get_window(&key, minute, clock.now()).await.unwrap(), 0);
+    assert_eq!(
+        c.incr_window(&key, minute, 1, clock.now()).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        c.incr_window(&key, minute, 1, clock.now()).await.unwrap(),
+        2
+    );
+    clock.advance(Duration::from_millis(59_999));
+    assert_eq!(
+        c.incr_window(&key, minute, 5, clock.now()).await.unwrap(),
+        7
+    );
+    assert_eq!(c.get_window(&key, minute, clock.now()).await.unwrap(), 7);
+    // Other keys and other window lengths are separate counters.
+    assert_eq!(
+        c.get_window(&format!("{p}:other"), minute, clock.now())
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        c.get_window(&key, 2 * minute, clock.now()).await.unwrap(),
+        0
+    );
+
+    // The next window starts from zero.
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(c.get_window(&key, minute, clock.now()).await.unwrap(), 0);
+    assert_eq!(
+        c.incr_window(&key, minute, 1, clock.now()).await.unwrap(),
+        1
+    );
+
+    let err = c.incr_window(&key, 0, 1, clock.now()).await.unwrap_err();
+    assert!(matches!(err, CountersError::InvalidArgument(_)), "{err}");
+}
+
+async fn window_increments_are_atomic_under_concurrency(c: Arc<dyn Counters>) {
+    let now = ManualClock::starting_now().now();
+    let key = format!("{}:approvals", prefix());
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let (c, key) = (c.clone(), key.clone());
+            tokio::spawn(async move { c.incr_window(&key, 3_600_000, 1, now).await.unwrap() })
+        })
+        .collect();
+    let mut seen: Vec<u64> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=200).collect::<Vec<u64>>());
+    assert_eq!(c.get_window(&key, 3_600_000, now).await.unwrap(), 200);
+}
+
+async fn sliding_estimate_weighs_the_previous_window(c: Arc<dyn Counters>) {
+    let clock = ManualClock::starting_now();
+    clock.advance(Duration::from_millis(
+        (60_000 - clock.now().rem_euclid(60_000)) as u64,
+    ));
+    let key = format!("{}:sliding", prefix());
+    c.incr_window(&key, 60_000, 100, clock.now()).await.unwrap();
+    // A quarter into the next window: three quarters of the previous one still count.
+    clock.advance(Duration::from_secs(75));
+    c.incr_window(&key, 60_000, 10, clock.now()).await.unwrap();
+    assert_eq!(c.get_sliding(&key, 60_000, clock.now()).await.unwrap(), 85);
+}
+
+async fn keys_that_look_like_phone_numbers_are_refused(c: Arc<dyn Counters>) {
+    let now = ManualClock::starting_now().now();
+    let err = c
+        .gcra("n:+447700900123", Rate::per_hour(1), now)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CountersError::InvalidKey(_)));
+    assert!(!err.to_string().contains("7700900123"));
+    let err = c
+        .incr_window("+15005550006", 60_000, 1, now)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CountersError::InvalidKey(_)));
+}
+
+async fn ping_answers(c: Arc<dyn Counters>) {
+    c.ping().await.unwrap();
+}
+
+/// Two instances sharing one Redis still admit exactly the burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_two_instances_share_one_limit() {
+    let (Some(a), Some(b)) = (redis().await, redis().await) else {
+        eprintln!("RINGFENCE_TEST_REDIS_URL unset: Redis not tested");
+        return;
+    };
+    let now = ManualClock::starting_now().now();
+    let key = format!("{}:acct", prefix());
+    let rate = Rate::per_hour(50);
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let c = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let key = key.clone();
+            tokio::spawn(async move { c.gcra(&key, rate, now).await.unwrap().allowed })
+        })
+        .collect();
+    let admitted = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count();
+    assert_eq!(admitted, 50);
+}
+
+/// Checks that every operation fails with `Unavailable`, each within `bound`.
+async fn assert_unavailable_within(c: &dyn Counters, bound: Duration) {
+    let now = ManualClock::starting_now().now();
+    let started = Instant::now();
+    let err = c.gcra("k:1", Rate::per_minute(1), now).await.unwrap_err();
+    assert!(matches!(err, CountersError::Unavailable(_)), "{err}");
+    let err = c.incr_window("k:1", 60_000, 1, now).await.unwrap_err();
+    assert!(matches!(err, CountersError::Unavailable(_)), "{err}");
+    let err = c.get_window("k:1", 60_000, now).await.unwrap_err();
+    assert!(matches!(err, CountersError::Unavailable(_)), "{err}");
+    let err = c.ping().await.unwrap_err();
+    assert!(matches!(err, CountersError::Unavailable(_)), "{err}");
+    let elapsed = started.elapsed();
+    assert!(elapsed < bound, "four failures took {elapsed:?}");
+}
+
+/// Nothing listens on port 1: the backend builds (it connects lazily) and every
+/// operation fails closed, fast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_that_refuses_connections_is_unavailable_fast() {
+    let spec: CountersSpec = "redis://127.0.0.1:1".parse().unwrap();
+    let c = spec.build().await.unwrap();
+    assert_eq!(c.backend(), "redis");
+    // Four operations with a 250 ms bound each; the margin is for a loaded machine.
+    assert_unavailable_within(&*c, Duration::from_secs(3)).await;
+}
+
+/// A server that accepts connections and never answers (a hung Redis, a black-holed
+/// network): every operation gives up at the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_that_never_answers_is_unavailable_after_the_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let c = RedisCounters::connect(&format!("redis://{addr}"))
+        .await
+        .unwrap();
+    assert_unavailable_within(&c, Duration::from_secs(3)).await;
+    silent.abort();
+}
+
+#[tokio::test]
+async fn the_default_spec_builds_the_memory_backend() {
+    let c = CountersSpec::default().build().await.unwrap();
+    assert_eq!(c.backend(), "memory");
+    c.ping().await.unwrap();
+}
+
+/// The same over TLS (`rediss://`): the TLS set-up works, and a server that never
+/// completes the handshake is cut off at the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_that_never_answers_is_unavailable_after_the_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let spec: CountersSpec = format!("rediss://{addr}").parse().unwrap();
+    let c = spec.build().await.unwrap();
+    assert_unavailable_within(&*c, Duration::from_secs(3)).await;
+    silent.abort();
+}
