@@ -69,6 +69,7 @@ conformance!(
     gcra_admits_the_burst_refuses_then_recovers,
     gcra_refusal_does_not_consume,
     gcra_keys_and_rates_are_independent,
+    gcra_cost_spends_several_or_nothing,
     gcra_is_atomic_under_concurrency,
     windows_count_and_expire_with_the_window,
     window_increments_are_atomic_under_concurrency,
@@ -147,6 +148,36 @@ async fn gcra_keys_and_rates_are_independent(c: Arc<dyn Counters>) {
     let d = c.gcra(&z, Rate::per_hour(0), now).await.unwrap();
     assert!(!d.allowed);
     assert!(c.gcra(&z, rate, now).await.unwrap().allowed);
+}
+
+async fn gcra_cost_spends_several_or_nothing(c: Arc<dyn Counters>) {
+    let clock = ManualClock::starting_now();
+    let key = format!("{}:svc", prefix());
+    let rate = Rate::per_minute(10); // one every 6 s
+    let d = c.gcra_cost(&key, rate, 4, clock.now()).await.unwrap();
+    assert_eq!((d.allowed, d.remaining), (true, 6));
+    // 7 do not fit: refused whole, nothing spent, and told when all 7 would fit.
+    let d = c.gcra_cost(&key, rate, 7, clock.now()).await.unwrap();
+    assert_eq!(
+        (d.allowed, d.remaining, d.retry_after_ms),
+        (false, 6, Some(6_000))
+    );
+    let d = c.gcra_cost(&key, rate, 6, clock.now()).await.unwrap();
+    assert_eq!((d.allowed, d.remaining), (true, 0));
+    // More than the whole burst never fits.
+    clock.advance(Duration::from_secs(3600));
+    assert!(
+        !c.gcra_cost(&key, rate, 11, clock.now())
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        c.gcra_cost(&key, rate, 10, clock.now())
+            .await
+            .unwrap()
+            .allowed
+    );
 }
 
 async fn gcra_is_atomic_under_concurrency(c: Arc<dyn Counters>) {

@@ -158,12 +158,18 @@ fn window_key(key: &str, window_ms: i64, index: i64) -> String {
 
 #[async_trait]
 impl Counters for MemoryCounters {
-    async fn gcra(&self, key: &str, rate: Rate, now: Millis) -> CountersResult<GcraDecision> {
+    async fn gcra_cost(
+        &self,
+        key: &str,
+        rate: Rate,
+        cost: u32,
+        now: Millis,
+    ) -> CountersResult<GcraDecision> {
         check_key(key)?;
         let k = gcra_key(key);
         let mut shard = self.shard(&k);
         let tat = shard.get(&k, now);
-        let (decision, new_tat) = gcra_step(tat, rate, now, 1);
+        let (decision, new_tat) = gcra_step(tat, rate, now, cost);
         if let Some(new_tat) = new_tat {
             // Absent and "TAT has passed" mean the same, so expire at the TAT.
             let expires_at = new_tat.div_euclid(1000) + 1;

@@ -258,7 +258,19 @@ pub(crate) fn check_window(window_ms: i64) -> CountersResult<i64> {
 #[async_trait]
 pub trait Counters: Send + Sync + 'static {
     /// Spends one request of `rate` on `key` if the rate admits it, atomically.
-    async fn gcra(&self, key: &str, rate: Rate, now: Millis) -> CountersResult<GcraDecision>;
+    async fn gcra(&self, key: &str, rate: Rate, now: Millis) -> CountersResult<GcraDecision> {
+        self.gcra_cost(key, rate, 1, now).await
+    }
+
+    /// Spends `cost` requests at once (e.g. the parts of a long SMS) if the rate admits
+    /// them all; otherwise spends nothing. A cost above `rate.limit` is never admitted.
+    async fn gcra_cost(
+        &self,
+        key: &str,
+        rate: Rate,
+        cost: u32,
+        now: Millis,
+    ) -> CountersResult<GcraDecision>;
 
     /// Adds `by` to the fixed window of `window_ms` that contains `now` and returns the
     /// new count. The window's state expires when the window ends.

@@ -149,14 +149,19 @@ impl RedisCounters {
 
 #[async_trait]
 impl Counters for RedisCounters {
-    async fn gcra(&self, key: &str, rate: Rate, now: Millis) -> CountersResult<GcraDecision> {
+    async fn gcra_cost(
+        &self,
+        key: &str,
+        rate: Rate,
+        cost: u32,
+        now: Millis,
+    ) -> CountersResult<GcraDecision> {
         check_key(key)?;
-        let cost = 1;
         let now_us = now.saturating_mul(1000);
         let mut conn = self.conn.clone();
         let mut call = self.gcra.key(format!("rf:g:{key}"));
         call.arg(now_us)
-            .arg(rate.interval_us().saturating_mul(cost))
+            .arg(rate.interval_us().saturating_mul(i64::from(cost)))
             .arg(rate.burst_us());
         let (admitted, stored): (i64, String) =
             self.run("gcra", call.invoke_async(&mut conn)).await?;
@@ -166,7 +171,7 @@ impl Counters for RedisCounters {
                 CountersError::Backend("redis gcra: stored TAT is not an integer".into())
             })?),
         };
-        let (decision, _) = gcra_step(seen, rate, now, cost as u32);
+        let (decision, _) = gcra_step(seen, rate, now, cost);
         if decision.allowed != (admitted == 1) {
             return Err(CountersError::Backend(
                 "redis gcra: script and gcra_step disagree".into(),
