@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
 use crate::clock::{Clock, Millis};
+use crate::counters::Counters;
 use crate::crypto::{self, Keyring};
 use crate::delivery::{OutboxWorker, Sink, WorkerSettings};
 use crate::http::extract::Caller;
@@ -51,6 +52,7 @@ pub struct AppState {
     pub services: Arc<ServiceCache>,
     pub api_keys: Arc<ApiKeyCache>,
     pub settings: Arc<Settings>,
+    pub counters: Arc<dyn Counters>,
 }
 
 /// API keys, cached for a short time so a request does not cost a database read.
@@ -195,6 +197,8 @@ pub struct AppOptions {
     pub sink: Arc<dyn Sink>,
     pub settings: Settings,
     pub worker: WorkerSettings,
+    /// Rate-limit and metering state: in-process, or Redis shared by instances.
+    pub counters: Arc<dyn Counters>,
 }
 
 pub struct Application {
@@ -219,6 +223,7 @@ impl Application {
             clock: opts.clock,
             outbox_wake: Arc::new(Notify::new()),
             settings: Arc::new(opts.settings),
+            counters: opts.counters,
         };
         Ok(Self {
             listener,

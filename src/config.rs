@@ -24,6 +24,7 @@ pub struct FileConfig {
     pub binding_window_seconds: Option<u32>,
     pub outbox_max_attempts: Option<u32>,
     pub durability: Option<String>,
+    pub counters_url: Option<String>,
 }
 
 /// What flags and environment variables gave (clap fills it).
@@ -57,6 +58,9 @@ pub struct Overrides {
     /// a process crash; a power cut may lose the last ~100 ms) [default: full]
     #[arg(long, env = "RINGFENCE_DURABILITY")]
     pub durability: Option<String>,
+    /// Counters for metering and rate limits: memory | redis://HOST[:PORT] [default: memory]
+    #[arg(long, env = "RINGFENCE_COUNTERS_URL")]
+    pub counters_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +95,7 @@ pub struct Config {
     pub binding_window_seconds: u32,
     pub outbox_max_attempts: u32,
     pub durability: crate::store::sqlite::Durability,
+    pub counters: crate::counters::CountersSpec,
     /// The file that was read, if any.
     pub file: Option<PathBuf>,
 }
@@ -192,6 +197,13 @@ impl Config {
                 ))
             }
         };
+        let counters = o
+            .counters_url
+            .clone()
+            .or(file.counters_url)
+            .unwrap_or_else(|| "memory".into())
+            .parse()
+            .map_err(|e: crate::counters::CountersSpecError| bad("counters_url", e.to_string()))?;
         Ok(Self {
             listen,
             data_dir,
@@ -201,6 +213,7 @@ impl Config {
             binding_window_seconds,
             outbox_max_attempts,
             durability,
+            counters,
             file: path,
         })
     }
@@ -265,6 +278,11 @@ outbox_max_attempts = 5
 # a power cut or kernel crash may lose the last ~100 ms of acknowledged writes), for
 # more throughput on disks whose flushes are slow. See docs/operations.md.
 durability = "full"
+
+# Counters for metering and rate limits: "memory" (one instance) or a Redis URL shared by
+# every instance, e.g. "redis://127.0.0.1:6379". Sending fails closed (503) while Redis
+# is unreachable; checks keep working.
+counters_url = "memory"
 "#;
 
 #[cfg(test)]

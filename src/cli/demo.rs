@@ -113,6 +113,7 @@ async fn demo() -> anyhow::Result<()> {
         sink: Arc::new(sink.clone()),
         settings: Settings::default(),
         worker: WorkerSettings::default(),
+        counters: Arc::new(crate::counters::MemoryCounters::default()),
     })
     .await?;
     let addr = app.local_addr();

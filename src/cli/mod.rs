@@ -43,7 +43,7 @@ pub enum ConfigCommand {
     /// Print a commented example ringfence.toml.
     Example,
     /// Resolve defaults, file, environment and flags, and print the result.
-    Check(crate::config::Overrides),
+    Check(Box<crate::config::Overrides>),
 }
 
 /// Entry point of the binary.

@@ -105,6 +105,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             binding_window_ms: i64::from(config.binding_window_seconds) * 1000,
             ..Settings::default()
         },
+        counters: config
+            .counters
+            .build()
+            .await
+            .map_err(|e| anyhow::anyhow!("counters_url: {e}"))?,
         worker: WorkerSettings {
             max_attempts: config.outbox_max_attempts,
             ..WorkerSettings::default()

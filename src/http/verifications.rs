@@ -222,6 +222,32 @@ impl Sealer {
     }
 }
 
+/// Counts a send before it is queued, per number (its blind index's short form, never
+/// the number) over a day and per country over an hour, for rate limits and the
+/// pumping detector. If the counters cannot be reached, nothing is sent: 503
+/// `unavailable`. A start that is then refused (cooldown, limits) has still been
+/// counted: counting first is what guarantees no message leaves uncounted.
+async fn meter_send(
+    st: &AppState,
+    bi: &BlindIndex,
+    country_code: u16,
+    now: Millis,
+) -> Result<(), ApiError> {
+    const DAY_MS: i64 = 24 * 3600 * 1000;
+    const HOUR_MS: i64 = 3600 * 1000;
+    let unavailable =
+        |e: crate::counters::CountersError| ApiError::Unavailable(format!("counters: {e}"));
+    st.counters
+        .incr_window(&format!("send:n:{}", bi.short()), DAY_MS, 1, now)
+        .await
+        .map_err(unavailable)?;
+    st.counters
+        .incr_window(&format!("send:cc:{country_code}"), HOUR_MS, 1, now)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
 #[utoipa::path(
     post, path = "/v1/verifications", tag = "verifications",
     request_body = StartVerification,
@@ -305,6 +331,9 @@ pub async fn start(
         };
         serde_json::to_vec(&s).expect("signals serialise")
     });
+    if test_code.is_none() {
+        meter_send(&st, &bi, number.country_code(), now).await?;
+    }
     let sealer = Sealer {
         kek: st.keys.kek.clone(),
         blind_index: bi,

@@ -246,6 +246,11 @@ pub async fn create_key(store: &dyn Store, name: &str, scopes: Vec<Scope>) -> (S
 
 /// Starts a fresh instance: its own temporary database, keys, clock and sink.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with_counters(Arc::new(ringfence::counters::MemoryCounters::default())).await
+}
+
+/// `spawn_app` with the given counters (e.g. Redis, or Redis that cannot be reached).
+pub async fn spawn_app_with_counters(counters: Arc<dyn ringfence::counters::Counters>) -> TestApp {
     let dir = tempfile::tempdir().expect("temporary directory");
     let db_path = dir.path().join("ringfence.db");
     let keys = Keyring::ephemeral();
@@ -270,6 +275,7 @@ pub async fn spawn_app() -> TestApp {
             idle_poll: Duration::from_millis(20),
             ..WorkerSettings::default()
         },
+        counters,
     })
     .await
     .expect("application builds");

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod concurrency;
+mod counters;
 mod crash;
 mod errors;
 mod expiry;
