@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 pub mod demo;
 pub mod keys;
+pub mod migrate;
 pub mod phone;
 pub mod serve;
 
@@ -30,6 +31,8 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Copy a SQLite database into an empty PostgreSQL database and verify the copy.
+    MigrateStore(migrate::MigrateArgs),
     /// Show or check configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -53,6 +56,7 @@ pub fn main() -> ExitCode {
         Command::Serve(o) => serve::run(o),
         Command::Demo => demo::run(),
         Command::Keys(cmd) => keys::run(cmd),
+        Command::MigrateStore(args) => migrate::run(args),
         Command::Config(ConfigCommand::Example) => {
             print!("{}", crate::config::EXAMPLE);
             Ok(ExitCode::SUCCESS)

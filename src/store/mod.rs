@@ -10,6 +10,7 @@
 //! The store never sees a raw phone number: subjects arrive with a blind index, a
 //! wrapped data key and ciphertext made by the caller.
 
+pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
 
