@@ -25,6 +25,7 @@ pub struct FileConfig {
     pub outbox_max_attempts: Option<u32>,
     pub durability: Option<String>,
     pub counters_url: Option<String>,
+    pub outbox_lease_seconds: Option<u32>,
 }
 
 /// What flags and environment variables gave (clap fills it).
@@ -61,6 +62,10 @@ pub struct Overrides {
     /// Counters for metering and rate limits: memory | redis://HOST[:PORT] [default: memory]
     #[arg(long, env = "RINGFENCE_COUNTERS_URL")]
     pub counters_url: Option<String>,
+    /// Seconds a claimed message stays with its worker before another may take it over
+    /// (a worker that died) [default: 30]
+    #[arg(long, env = "RINGFENCE_OUTBOX_LEASE_SECONDS")]
+    pub outbox_lease_seconds: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +101,7 @@ pub struct Config {
     pub outbox_max_attempts: u32,
     pub durability: crate::store::sqlite::Durability,
     pub counters: crate::counters::CountersSpec,
+    pub outbox_lease_seconds: u32,
     /// The file that was read, if any.
     pub file: Option<PathBuf>,
 }
@@ -204,6 +210,13 @@ impl Config {
             .unwrap_or_else(|| "memory".into())
             .parse()
             .map_err(|e: crate::counters::CountersSpecError| bad("counters_url", e.to_string()))?;
+        let outbox_lease_seconds = o
+            .outbox_lease_seconds
+            .or(file.outbox_lease_seconds)
+            .unwrap_or(30);
+        if !(1..=3600).contains(&outbox_lease_seconds) {
+            return Err(bad("outbox_lease_seconds", "must be between 1 and 3600"));
+        }
         Ok(Self {
             listen,
             data_dir,
@@ -214,6 +227,7 @@ impl Config {
             outbox_max_attempts,
             durability,
             counters,
+            outbox_lease_seconds,
             file: path,
         })
     }
@@ -272,6 +286,10 @@ binding_window_seconds = 900
 
 # Delivery attempts per message before it is marked failed.
 outbox_max_attempts = 5
+
+# Seconds a claimed message stays with the instance that claimed it; after that (the
+# instance died mid-send) another instance sends it, as a new attempt.
+outbox_lease_seconds = 30
 
 # When a write is acknowledged. "full": only once it is on disk (survives a power
 # cut). "normal": once the operating system has it (survives a crash of ringfence;

@@ -94,6 +94,10 @@ fn free_port() -> u16 {
 }
 
 async fn start_instance(dir: &Path, db_url: &str, name: &str) -> Instance {
+    start_instance_with(dir, db_url, name, &[]).await
+}
+
+async fn start_instance_with(dir: &Path, db_url: &str, name: &str, extra: &[&str]) -> Instance {
     let client = reqwest::Client::new();
     for _ in 0..3 {
         let port = free_port();
@@ -113,6 +117,7 @@ async fn start_instance(dir: &Path, db_url: &str, name: &str) -> Instance {
                 "file:{}",
                 dir.join(format!("sms-{name}.jsonl")).display()
             ))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join(format!("{name}.stderr"))).unwrap())
@@ -314,5 +319,125 @@ async fn send_limits_hold_across_instances() {
         .unwrap();
     assert_eq!(got["send_attempts"], 1);
     drop((a, b));
+    db.drop_now().await;
+}
+
+/// Every line of the instances' sink files that parses (a killed instance may leave a
+/// torn last line).
+fn sink_lines(dir: &Path) -> Vec<Value> {
+    ["a", "b"]
+        .iter()
+        .flat_map(|name| {
+            std::fs::read_to_string(dir.join(format!("sms-{name}.jsonl")))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_an_instance_loses_no_acknowledged_start_and_its_messages_go_out_once_per_attempt()
+{
+    let Some(admin) = postgres_url() else { return };
+    let db = TestDb::create(&admin).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = create_key(dir.path(), &db.url);
+    let lease = ["--outbox-lease-seconds", "2"];
+    let mut a = start_instance_with(dir.path(), &db.url, "a", &lease).await;
+    let b = start_instance_with(dir.path(), &db.url, "b", &lease).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+
+    // Eight clients start verifications on instance a; a is killed in the middle.
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut clients = Vec::new();
+    for c in 0..8u32 {
+        let (client, key, base, acknowledged) = (
+            client.clone(),
+            key.clone(),
+            a.base.clone(),
+            acknowledged.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            for n in 0..400u32 {
+                let to = format!("+44790{c}{n:06}");
+                let Ok(r) = client
+                    .post(format!("{base}/v1/verifications"))
+                    .bearer_auth(&key)
+                    .json(&json!({ "to": to }))
+                    .send()
+                    .await
+                else {
+                    return; // the instance is gone
+                };
+                if r.status() == 201 {
+                    let v: Value = r.json().await.unwrap();
+                    acknowledged
+                        .lock()
+                        .unwrap()
+                        .push(v["id"].as_str().unwrap().to_owned());
+                }
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acknowledged.lock().unwrap().len() < 300 {
+        assert!(Instant::now() < deadline, "the burst did not get going");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.child.kill().unwrap(); // SIGKILL
+    a.child.wait().unwrap();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let ids = acknowledged.lock().unwrap().clone();
+
+    // Every acknowledged verification is there, and its message reaches a sink: the ones
+    // a had claimed but not sent are taken over by b once their lease ends.
+    for id in &ids {
+        let r = client
+            .get(format!("{}/v1/verifications/{id}", b.base))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "acknowledged verification {id} is missing");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sent: std::collections::HashSet<String> = sink_lines(dir.path())
+            .iter()
+            .filter_map(|m| m["verification_id"].as_str().map(str::to_owned))
+            .collect();
+        let missing = ids.iter().filter(|id| !sent.contains(*id)).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} acknowledged verifications never got their message"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // No send repeated: each (message, attempt) reached a sink at most once.
+    let lines = sink_lines(dir.path());
+    let mut seen = std::collections::HashSet::new();
+    for m in &lines {
+        let pair = (
+            m["message_id"].as_i64().unwrap(),
+            m["attempt"].as_u64().unwrap(),
+        );
+        assert!(
+            seen.insert(pair),
+            "message {} attempt {} was sent twice",
+            pair.0,
+            pair.1
+        );
+    }
+    drop(b);
     db.drop_now().await;
 }

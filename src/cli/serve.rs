@@ -111,6 +111,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("counters_url: {e}"))?,
         worker: WorkerSettings {
+            lease: std::time::Duration::from_secs(u64::from(config.outbox_lease_seconds)),
             max_attempts: config.outbox_max_attempts,
             ..WorkerSettings::default()
         },

@@ -51,6 +51,11 @@ fn payload_aad(bi: &BlindIndex) -> Vec<u8> {
 #[derive(Clone)]
 pub struct OutgoingMessage {
     pub message_id: i64,
+    /// Which delivery attempt of the message this is (1 for the first claim). A message
+    /// claimed again after a worker died gets a new attempt number, so
+    /// `(message_id, attempt)` identifies one send: a provider that takes an
+    /// idempotency key gets exactly this pair.
+    pub attempt: u32,
     pub verification_id: String,
     pub channel: Channel,
     /// E.164 recipient. Sinks must not log it.

@@ -90,7 +90,7 @@ impl Sink for ConsoleSink {
 }
 
 /// Stands in for the phone: appends one JSON object per message (`to`, `channel`,
-/// `body`, `created_at`, `message_id`, `verification_id`) to a file.
+/// `body`, `created_at`, `message_id`, `attempt`, `verification_id`) to a file.
 #[derive(Debug)]
 pub struct FileSink {
     file: Mutex<std::fs::File>,
@@ -121,6 +121,7 @@ impl Sink for FileSink {
             "body": msg.body,
             "created_at": rfc3339(SystemClock.now()),
             "message_id": msg.message_id,
+            "attempt": msg.attempt,
             "verification_id": msg.verification_id,
         });
         let mut buf = serde_json::to_vec(&line).expect("JSON serialises");

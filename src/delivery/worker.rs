@@ -160,6 +160,7 @@ impl OutboxWorker {
         let p = Payload::open(&key, &s.blind_index, &item.payload)?;
         Some(OutgoingMessage {
             message_id: item.id,
+            attempt: item.attempts,
             verification_id: item.verification_id.clone(),
             channel: item.channel,
             to: p.to,
