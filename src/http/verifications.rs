@@ -222,29 +222,17 @@ impl Sealer {
     }
 }
 
-/// Counts a send before it is queued, per number (its blind index's short form, never
-/// the number) over a day and per country over an hour, for rate limits and the
-/// pumping detector. If the counters cannot be reached, nothing is sent: 503
-/// `unavailable`. A start that is then refused (cooldown, limits) has still been
-/// counted: counting first is what guarantees no message leaves uncounted.
-async fn meter_send(
-    st: &AppState,
-    bi: &BlindIndex,
-    country_code: u16,
-    now: Millis,
-) -> Result<(), ApiError> {
-    const DAY_MS: i64 = 24 * 3600 * 1000;
+/// Counts a send before it is queued, per country over an hour (for the spend budget
+/// and the pumping detector; per-number limits come with the anti-abuse engine). If the
+/// counters cannot be reached, nothing is sent: 503 `unavailable`. A start that is then
+/// refused (cooldown, limits) has still been counted: counting first is what guarantees
+/// that no message leaves uncounted.
+async fn meter_send(st: &AppState, country_code: u16, now: Millis) -> Result<(), ApiError> {
     const HOUR_MS: i64 = 3600 * 1000;
-    let unavailable =
-        |e: crate::counters::CountersError| ApiError::Unavailable(format!("counters: {e}"));
-    st.counters
-        .incr_window(&format!("send:n:{}", bi.short()), DAY_MS, 1, now)
-        .await
-        .map_err(unavailable)?;
     st.counters
         .incr_window(&format!("send:cc:{country_code}"), HOUR_MS, 1, now)
         .await
-        .map_err(unavailable)?;
+        .map_err(|e| ApiError::Unavailable(format!("counters: {e}")))?;
     Ok(())
 }
 
@@ -332,7 +320,7 @@ pub async fn start(
         serde_json::to_vec(&s).expect("signals serialise")
     });
     if test_code.is_none() {
-        meter_send(&st, &bi, number.country_code(), now).await?;
+        meter_send(&st, number.country_code(), now).await?;
     }
     let sealer = Sealer {
         kek: st.keys.kek.clone(),

@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::helpers::*;
 
 #[tokio::test]
-async fn a_send_is_counted_per_number_and_country() {
+async fn a_send_is_counted_per_country() {
     let counters = Arc::new(ringfence::counters::MemoryCounters::default());
     let app = spawn_app_with_counters(counters.clone()).await;
     app.started(UK_MOBILE).await;
