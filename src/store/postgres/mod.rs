@@ -810,41 +810,40 @@ async fn start(
         }
     }
 
-    let found = sqlx::query(
-        "SELECT id, blind_index, wrapped_key, phone_ct FROM subjects WHERE blind_index = $1",
+    // Insert first: a number seen for the first time (the usual case at sign-up) costs
+    // one round trip; a known one falls through to the look-up.
+    let s = &new_subject;
+    let inserted: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO subjects (blind_index, wrapped_key, phone_ct, country_code, region, number_type, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (blind_index) DO NOTHING RETURNING id",
     )
     .bind(&blind_index.0[..])
+    .bind(&s.wrapped_key)
+    .bind(&s.phone_ct)
+    .bind(i32::from(s.country_code))
+    .bind(&s.region)
+    .bind(s.number_type)
+    .bind(now)
     .fetch_optional(&mut **tx)
-    .await?
-    .map(|r| subject_from(&r, 0))
-    .transpose()?;
-    let (subject_id, sealed, known) = match found {
-        Some(existing) if existing.wrapped_key.is_some() => {
+    .await?;
+    let (subject_id, sealed, known) = match inserted {
+        Some(id) => (id, sealed, false),
+        None => {
+            let existing = sqlx::query(
+                "SELECT id, blind_index, wrapped_key, phone_ct FROM subjects WHERE blind_index = $1",
+            )
+            .bind(&blind_index.0[..])
+            .fetch_one(&mut **tx)
+            .await
+            .map(|r| subject_from(&r, 0))??;
+            if existing.wrapped_key.is_none() {
+                return Err(internal(
+                    "the subject of this number was erased; re-keying is not supported yet",
+                ));
+            }
             let sealed =
                 reseal(&existing).ok_or_else(|| internal("subject key does not unwrap"))?;
             (existing.id, sealed, true)
-        }
-        Some(_) => {
-            return Err(internal(
-                "the subject of this number was erased; re-keying is not supported yet",
-            ))
-        }
-        None => {
-            let s = &new_subject;
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO subjects (blind_index, wrapped_key, phone_ct, country_code, region, number_type, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-            )
-            .bind(&blind_index.0[..])
-            .bind(&s.wrapped_key)
-            .bind(&s.phone_ct)
-            .bind(i32::from(s.country_code))
-            .bind(&s.region)
-            .bind(s.number_type)
-            .bind(now)
-            .fetch_one(&mut **tx)
-            .await?;
-            (id, sealed, false)
         }
     };
 
