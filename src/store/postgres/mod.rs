@@ -877,6 +877,8 @@ async fn start(
         Err(why) => return Ok(StartOutcome::Refused(why)),
     };
     let expires_at = now + i64::from(config.ttl_seconds) * 1000;
+    // Whether the message was queued together with a new verification.
+    let mut message_queued = false;
     let (row, resent) = match (plan, pending) {
         (StartPlan::Resend, Some((mut row, _))) => {
             let hash = codes.hash(&row.id, code.expose());
@@ -923,33 +925,46 @@ async fn start(
                 expires_at,
                 approved_at: None,
             };
-            sqlx::query(
-                "INSERT INTO verifications (id, service_id, subject_id, status, channel, code_hash, locale, account_ref,
+            // With its message, in one statement: one round trip less.
+            let insert_verification = "INSERT INTO verifications (id, service_id, subject_id, status, channel, code_hash, locale, account_ref,
                     purpose, signals_ct, sends, max_sends, attempts, max_attempts, lockout_ms, test_number, created_at,
                     updated_at, expires_at, last_sent_at)
-                 VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, 1, $10, 0, $11, $12, $13, $14, $14, $15, $14)",
-            )
-            .bind(&row.id)
-            .bind(&row.service_id)
-            .bind(subject_id)
-            .bind(channel.as_str())
-            .bind(&hash[..])
-            .bind(&row.locale)
-            .bind(&row.account_ref)
-            .bind(&row.purpose)
-            .bind(&sealed.signals_ct)
-            .bind(row.max_sends as i32)
-            .bind(row.max_attempts as i32)
-            .bind(i64::from(config.lockout_seconds) * 1000)
-            .bind(row.test_number)
-            .bind(now)
-            .bind(expires_at)
-            .execute(&mut **tx)
-            .await?;
+                 VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, 1, $10, 0, $11, $12, $13, $14, $14, $15, $14)";
+            let sql = if sealed.message.is_some() {
+                format!(
+                    "WITH v AS ({insert_verification} RETURNING id)
+                     INSERT INTO outbox (verification_id, subject_id, channel, payload, status, next_attempt_at, not_after,
+                                         created_at, updated_at)
+                     SELECT v.id, $3, $4, $16, 'queued', $14, $15, $14, $14 FROM v"
+                )
+            } else {
+                insert_verification.to_owned()
+            };
+            let mut q = sqlx::query(&sql)
+                .bind(&row.id)
+                .bind(&row.service_id)
+                .bind(subject_id)
+                .bind(channel.as_str())
+                .bind(&hash[..])
+                .bind(&row.locale)
+                .bind(&row.account_ref)
+                .bind(&row.purpose)
+                .bind(&sealed.signals_ct)
+                .bind(row.max_sends as i32)
+                .bind(row.max_attempts as i32)
+                .bind(i64::from(config.lockout_seconds) * 1000)
+                .bind(row.test_number)
+                .bind(now)
+                .bind(expires_at);
+            if let Some(payload) = &sealed.message {
+                q = q.bind(payload);
+            }
+            q.execute(&mut **tx).await?;
+            message_queued = sealed.message.is_some();
             (row, false)
         }
     };
-    if let Some(payload) = &sealed.message {
+    if let (false, Some(payload)) = (message_queued, &sealed.message) {
         sqlx::query(
             "INSERT INTO outbox (verification_id, subject_id, channel, payload, status, next_attempt_at, not_after, created_at, updated_at)
              VALUES ($1, $2, $3, $4, 'queued', $5, $6, $5, $5)",
