@@ -291,15 +291,17 @@ pub async fn start(
         return Err(ApiError::ChannelNotAllowed(body.channel.as_str()));
     }
     let bi = st.keys.blind.index(number.expose());
-    let test_code = service
-        .config
-        .test_code_for(&hex::encode(bi.0))
-        .map(str::to_owned);
-    let fingerprint = {
+    let test_code = service.config.test_code_for(&bi.0).map(str::to_owned);
+    // Only a request with an Idempotency-Key needs its fingerprint.
+    let idempotency = idem.map(|key| {
         let mut canonical = serde_json::to_vec(&body).expect("request serialises");
         canonical.extend_from_slice(service.id.as_bytes());
-        crypto::sha256(&canonical)
-    };
+        IdempotencyCmd {
+            api_key_id: caller.key_id.clone(),
+            key,
+            fingerprint: crypto::sha256(&canonical),
+        }
+    });
 
     let code = match &test_code {
         Some(c) => {
@@ -342,11 +344,7 @@ pub async fn start(
         account_ref,
         purpose,
         code,
-        idempotency: idem.map(|key| IdempotencyCmd {
-            api_key_id: caller.key_id.clone(),
-            key,
-            fingerprint,
-        }),
+        idempotency,
         now,
     };
     let masked = Some(number.masked());

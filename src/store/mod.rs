@@ -177,6 +177,68 @@ pub struct VerificationRow {
     pub approved_at: Option<Millis>,
 }
 
+/// What a new verification needs besides its service's configuration.
+#[derive(Debug, Clone)]
+pub struct NewVerification {
+    pub id: String,
+    pub service_id: String,
+    pub subject_id: i64,
+    pub channel: Channel,
+    pub locale: Option<String>,
+    pub account_ref: Option<String>,
+    pub purpose: Option<String>,
+    pub test_number: bool,
+}
+
+/// The rows the backends write, built in one place so that both report them alike
+/// without reading them back.
+impl VerificationRow {
+    /// A verification as created: pending, one send, no attempt, the service's limits.
+    pub fn pending(
+        n: NewVerification,
+        cfg: &ServiceConfig,
+        now: Millis,
+        expires_at: Millis,
+    ) -> Self {
+        Self {
+            id: n.id,
+            service_id: n.service_id,
+            subject_id: n.subject_id,
+            status: Status::Pending,
+            channel: n.channel,
+            locale: n.locale,
+            account_ref: n.account_ref,
+            purpose: n.purpose,
+            sends: 1,
+            max_sends: cfg.max_sends,
+            attempts: 0,
+            max_attempts: cfg.max_check_attempts,
+            test_number: n.test_number,
+            created_at: now,
+            updated_at: now,
+            expires_at,
+            approved_at: None,
+        }
+    }
+
+    /// After a new code was sent on it.
+    pub fn resent(mut self, channel: Channel, now: Millis, expires_at: Millis) -> Self {
+        self.channel = channel;
+        self.sends += 1;
+        self.updated_at = now;
+        self.expires_at = expires_at;
+        self
+    }
+
+    /// After its approval.
+    pub fn approved(mut self, now: Millis) -> Self {
+        self.status = Status::Approved;
+        self.approved_at = Some(now);
+        self.updated_at = now;
+        self
+    }
+}
+
 /// One message of a verification, as the outbox recorded it.
 #[derive(Debug, Clone)]
 pub struct SendAttempt {

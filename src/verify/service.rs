@@ -224,11 +224,16 @@ impl ServiceConfig {
         self.channels.contains(&ch)
     }
 
-    /// The test-number entry for a blind index (hex), if the number is one.
-    pub fn test_code_for(&self, blind_index_hex: &str) -> Option<&str> {
+    /// The fixed code of a test number, given its blind index. Most services have no
+    /// test numbers, so the index is hex-encoded only when there are some.
+    pub fn test_code_for(&self, blind_index: &[u8]) -> Option<&str> {
+        if self.test_numbers.is_empty() {
+            return None;
+        }
+        let hex = hex::encode(blind_index);
         self.test_numbers
             .iter()
-            .find(|t| t.blind_index == blind_index_hex)
+            .find(|t| t.blind_index == hex)
             .map(|t| t.code.as_str())
     }
 

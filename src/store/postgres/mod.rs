@@ -880,7 +880,7 @@ async fn start(
     // Whether the message was queued together with a new verification.
     let mut message_queued = false;
     let (row, resent) = match (plan, pending) {
-        (StartPlan::Resend, Some((mut row, _))) => {
+        (StartPlan::Resend, Some((row, _))) => {
             let hash = codes.hash(&row.id, code.expose());
             sqlx::query(
                 "UPDATE verifications SET code_hash = $2, channel = $3, sends = sends + 1, last_sent_at = $4,
@@ -895,36 +895,28 @@ async fn start(
             .execute(&mut **tx)
             .await?;
             end_queued_messages(tx, &row.id, "canceled", now).await?;
-            row.channel = channel;
-            row.sends += 1;
-            row.updated_at = now;
-            row.expires_at = expires_at;
-            (row, true)
+            (row.resent(channel, now, expires_at), true)
         }
         (plan, pending) => {
             if let (StartPlan::New { expire_stale: true }, Some((old, _))) = (&plan, &pending) {
                 expire(tx, &old.id, now).await?;
             }
             let hash = codes.hash(&id_if_new, code.expose());
-            let row = VerificationRow {
-                id: id_if_new,
-                service_id,
-                subject_id,
-                status: verify::Status::Pending,
-                channel,
-                locale,
-                account_ref,
-                purpose,
-                sends: 1,
-                max_sends: config.max_sends,
-                attempts: 0,
-                max_attempts: config.max_check_attempts,
-                test_number: sealed.message.is_none(),
-                created_at: now,
-                updated_at: now,
+            let row = VerificationRow::pending(
+                NewVerification {
+                    id: id_if_new,
+                    service_id,
+                    subject_id,
+                    channel,
+                    locale,
+                    account_ref,
+                    purpose,
+                    test_number: sealed.message.is_none(),
+                },
+                &config,
+                now,
                 expires_at,
-                approved_at: None,
-            };
+            );
             // With its message, in one statement: one round trip less.
             let insert_verification = "INSERT INTO verifications (id, service_id, subject_id, status, channel, code_hash, locale, account_ref,
                     purpose, signals_ct, sends, max_sends, attempts, max_attempts, lockout_ms, test_number, created_at,
@@ -1068,11 +1060,7 @@ async fn check(
                 });
             }
             end_queued_messages(tx, id, "canceled", now).await?;
-            let mut row = row;
-            row.status = verify::Status::Approved;
-            row.approved_at = Some(now);
-            row.updated_at = now;
-            Ok(CheckOutcome::Approved(checked(row)))
+            Ok(CheckOutcome::Approved(checked(row.approved(now))))
         }
         CheckPlan::Wrong { .. } | CheckPlan::Exhausted { .. } => {
             let n = sqlx::query(

@@ -238,6 +238,14 @@ fn enqueue(
     Ok(())
 }
 
+fn lockout_until(c: &Connection, subject_id: i64, service_id: &str) -> StoreResult<Option<Millis>> {
+    Ok(
+        c.prepare_cached("SELECT until FROM lockouts WHERE subject_id = ?1 AND service_id = ?2")?
+            .query_row(params![subject_id, service_id], |r| r.get(0))
+            .optional()?,
+    )
+}
+
 pub fn start(c: &Connection, codes: &CodeHasher, cmd: StartCmd) -> StoreResult<StartOutcome> {
     let StartCmd {
         id_if_new,
@@ -295,9 +303,7 @@ pub fn start(c: &Connection, codes: &CodeHasher, cmd: StartCmd) -> StoreResult<S
 
     // A subject created just now has no lockout and no pending verification.
     let locked_until: Option<Millis> = if known {
-        c.prepare_cached("SELECT until FROM lockouts WHERE subject_id = ?1 AND service_id = ?2")?
-            .query_row(params![subject_id, service_id], |r| r.get(0))
-            .optional()?
+        lockout_until(c, subject_id, &service_id)?
     } else {
         None
     };
@@ -326,7 +332,7 @@ pub fn start(c: &Connection, codes: &CodeHasher, cmd: StartCmd) -> StoreResult<S
     };
     let expires_at = now + i64::from(config.ttl_seconds) * 1000;
     let (row, resent) = match (plan, pending) {
-        (StartPlan::Resend, Some((mut row, _))) => {
+        (StartPlan::Resend, Some((row, _))) => {
             // A new code replaces the old one; wrong guesses so far still count.
             let hash = codes.hash(&row.id, code.expose());
             c.prepare_cached(
@@ -337,36 +343,28 @@ pub fn start(c: &Connection, codes: &CodeHasher, cmd: StartCmd) -> StoreResult<S
             .execute(params![row.id, &hash[..], channel.as_str(), now, expires_at])?;
             // Messages with the superseded code must not go out any more.
             end_queued_messages(c, &row.id, "canceled", now)?;
-            row.channel = channel;
-            row.sends += 1;
-            row.updated_at = now;
-            row.expires_at = expires_at;
-            (row, true)
+            (row.resent(channel, now, expires_at), true)
         }
         (plan, pending) => {
             if let (StartPlan::New { expire_stale: true }, Some((old, _))) = (&plan, &pending) {
                 expire(c, &old.id, now)?;
             }
             let hash = codes.hash(&id_if_new, code.expose());
-            let row = VerificationRow {
-                id: id_if_new,
-                service_id,
-                subject_id,
-                status: verify::Status::Pending,
-                channel,
-                locale,
-                account_ref,
-                purpose,
-                sends: 1,
-                max_sends: config.max_sends,
-                attempts: 0,
-                max_attempts: config.max_check_attempts,
-                test_number: sealed.message.is_none(),
-                created_at: now,
-                updated_at: now,
+            let row = VerificationRow::pending(
+                NewVerification {
+                    id: id_if_new,
+                    service_id,
+                    subject_id,
+                    channel,
+                    locale,
+                    account_ref,
+                    purpose,
+                    test_number: sealed.message.is_none(),
+                },
+                &config,
+                now,
                 expires_at,
-                approved_at: None,
-            };
+            );
             c.prepare_cached(
                 "INSERT INTO verifications (id, service_id, subject_id, status, channel, code_hash, locale, account_ref,
                     purpose, signals_ct, sends, max_sends, attempts, max_attempts, lockout_ms, test_number, created_at,
@@ -445,12 +443,7 @@ pub fn check(
         Err(why) => {
             let why = match why {
                 verify::VerifyError::MaxAttemptsReached { .. } => {
-                    let until: Option<Millis> = c
-                        .prepare_cached(
-                            "SELECT until FROM lockouts WHERE subject_id = ?1 AND service_id = ?2",
-                        )?
-                        .query_row(params![row.subject_id, row.service_id], |r| r.get(0))
-                        .optional()?;
+                    let until = lockout_until(c, row.subject_id, &row.service_id)?;
                     verify::VerifyError::MaxAttemptsReached {
                         retry_after_ms: until.map_or(0, |u| (u - now).max(0)),
                     }
@@ -482,11 +475,7 @@ pub fn check(
             }
             end_queued_messages(c, id, "canceled", now)?;
             // The row as the update left it, without reading it back.
-            let mut row = row;
-            row.status = verify::Status::Approved;
-            row.approved_at = Some(now);
-            row.updated_at = now;
-            Ok(CheckOutcome::Approved(checked(row)))
+            Ok(CheckOutcome::Approved(checked(row.approved(now))))
         }
         CheckPlan::Wrong { .. } | CheckPlan::Exhausted { .. } => {
             let n = c
