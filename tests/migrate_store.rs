@@ -3,11 +3,13 @@
 //! same verifications and bindings. Runs when `RINGFENCE_TEST_POSTGRES_URL` is set.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sqlx::Connection;
+mod common;
+
+use common::{free_port, ringfence, TestDb};
 
 const ROWS: i64 = 100_000;
 
@@ -20,16 +22,8 @@ impl Drop for Serve {
     }
 }
 
-fn ringfence() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ringfence"))
-}
-
 async fn serve(data: &Path, extra: &[&str]) -> Serve {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let child = ringfence()
         .args([
             "serve",
@@ -166,22 +160,8 @@ async fn a_sqlite_deployment_moves_to_postgres_whole() {
     }
 
     // An empty database to migrate into.
-    let name = format!("rf_migrate_{}", std::process::id());
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .expect("PostgreSQL answers");
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let url = format!(
-        "{}/{name}",
-        admin.split('?').next().unwrap().rsplit_once('/').unwrap().0
-    );
+    let db = TestDb::create(&admin, "rf_migrate").await;
+    let url = db.url.clone();
 
     let out = ringfence()
         .args(["migrate-store", "--to", &url])
@@ -258,7 +238,5 @@ async fn a_sqlite_deployment_moves_to_postgres_whole() {
             .unwrap();
         assert_eq!(r.status(), 201);
     }
-    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .await;
+    db.drop_now().await;
 }

@@ -3,75 +3,14 @@
 //! fails, never skips, if that database does not answer.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sqlx::Connection;
 
-fn postgres_url() -> Option<String> {
-    std::env::var("RINGFENCE_TEST_POSTGRES_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-}
+mod common;
 
-/// A database of its own for one test, dropped at the end.
-struct TestDb {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl TestDb {
-    async fn create(admin_url: &str) -> Self {
-        let name = format!("rf_multi_{}", hex(&rand_bytes()));
-        let mut conn = sqlx::PgConnection::connect(admin_url)
-            .await
-            .expect("RINGFENCE_TEST_POSTGRES_URL is set but PostgreSQL does not answer");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let base = admin_url.split('?').next().unwrap();
-        let (prefix, _) = base.rsplit_once('/').expect("the URL names a database");
-        Self {
-            admin_url: admin_url.to_owned(),
-            url: format!("{prefix}/{name}"),
-            name,
-        }
-    }
-
-    async fn drop_now(self) {
-        if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin_url).await {
-            let _ = sqlx::query(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .execute(&mut conn)
-            .await;
-        }
-    }
-}
-
-fn rand_bytes() -> [u8; 6] {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let pid = std::process::id() as u128;
-    let x = t ^ (pid << 64);
-    let mut b = [0u8; 6];
-    b.copy_from_slice(&x.to_le_bytes()[..6]);
-    b
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn ringfence() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ringfence"))
-}
+use common::{free_port, postgres_url, ringfence, TestDb};
 
 struct Instance {
     child: Child,
@@ -83,14 +22,6 @@ impl Drop for Instance {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn start_instance(dir: &Path, db_url: &str, name: &str) -> Instance {
@@ -199,7 +130,7 @@ async fn code_from_sinks(dir: &Path, to: &str) -> String {
 
 async fn setup() -> Option<(tempfile::TempDir, TestDb, String, Instance, Instance)> {
     let admin = postgres_url()?;
-    let db = TestDb::create(&admin).await;
+    let db = TestDb::create(&admin, "rf_multi").await;
     let dir = tempfile::tempdir().unwrap();
     let key = create_key(dir.path(), &db.url);
     let a = start_instance(dir.path(), &db.url, "a").await;
@@ -341,7 +272,7 @@ fn sink_lines(dir: &Path) -> Vec<Value> {
 async fn killing_an_instance_loses_no_acknowledged_start_and_its_messages_go_out_once_per_attempt()
 {
     let Some(admin) = postgres_url() else { return };
-    let db = TestDb::create(&admin).await;
+    let db = TestDb::create(&admin, "rf_multi").await;
     let dir = tempfile::tempdir().unwrap();
     let key = create_key(dir.path(), &db.url);
     let lease = ["--outbox-lease-seconds", "2"];

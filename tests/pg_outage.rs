@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sqlx::Connection;
+mod common;
+
+use common::{free_port, ringfence, TestDb};
 
 struct Serve(Child);
 
@@ -23,10 +25,6 @@ impl Drop for Serve {
     }
 }
 
-fn ringfence() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ringfence"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_restart_gives_503s_then_recovers_without_losing_anything() {
     let (Some(admin), Some(restart)) = (
@@ -35,21 +33,8 @@ async fn a_postgres_restart_gives_503s_then_recovers_without_losing_anything() {
     ) else {
         return;
     };
-    let name = format!("rf_outage_{}", std::process::id());
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .expect("RINGFENCE_TEST_POSTGRES_URL is set but PostgreSQL does not answer");
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    drop(conn);
-    let base = admin.split('?').next().unwrap();
-    let db_url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+    let db = TestDb::create(&admin, "rf_outage").await;
+    let db_url = db.url.clone();
 
     let dir = tempfile::tempdir().unwrap();
     let out = ringfence()
@@ -76,11 +61,7 @@ async fn a_postgres_restart_gives_503s_then_recovers_without_losing_anything() {
         .last()
         .unwrap()
         .to_owned();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let base_url = format!("http://127.0.0.1:{port}");
     let _serve = Serve(
         ringfence()
@@ -212,9 +193,5 @@ async fn a_postgres_restart_gives_503s_then_recovers_without_losing_anything() {
         unavailable.load(Ordering::Relaxed)
     );
 
-    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut conn)
-            .await;
-    }
+    db.drop_now().await;
 }
