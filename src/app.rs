@@ -8,12 +8,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch};
 
 use crate::clock::{Clock, Millis};
 use crate::counters::Counters;
 use crate::crypto::{self, Keyring};
-use crate::delivery::{OutboxWorker, Sink, WorkerSettings};
+use crate::delivery::{Handoff, OutboxHandle, OutboxWorker, Sink, WorkerSettings};
 use crate::http::extract::Caller;
 use crate::http::ApiError;
 use crate::store::{ApiKeyRecord, ServiceRecord, Store, StoreError};
@@ -48,7 +48,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub keys: Arc<Keyring>,
     pub clock: Arc<dyn Clock>,
-    pub outbox_wake: Arc<Notify>,
+    pub outbox: OutboxHandle,
     pub services: Arc<ServiceCache>,
     pub api_keys: Arc<ApiKeyCache>,
     pub settings: Arc<Settings>,
@@ -158,6 +158,10 @@ impl ServiceCache {
 /// The name of the service that exists from the first start.
 pub const DEFAULT_SERVICE: &str = "default";
 
+/// Messages that may wait in memory for the outbox worker. When it is full, requests
+/// queue their messages unclaimed and the worker finds them in the database.
+const HANDOFF_CAPACITY: usize = 4096;
+
 /// A new service id: `VA` and 32 hex digits (time-ordered).
 pub fn new_service_id() -> String {
     format!("VA{}", uuid::Uuid::now_v7().simple())
@@ -206,6 +210,7 @@ pub struct Application {
     state: AppState,
     sink: Arc<dyn Sink>,
     worker: WorkerSettings,
+    handoffs: mpsc::Receiver<Handoff>,
 }
 
 impl Application {
@@ -215,13 +220,15 @@ impl Application {
             .await
             .map_err(|e| anyhow::anyhow!("listen: cannot bind {}: {e}", opts.listen))?;
         let ttl = opts.settings.cache_ttl_ms;
+        let lease_ms = i64::try_from(opts.worker.lease.as_millis()).unwrap_or(i64::MAX);
+        let (outbox, handoffs) = OutboxHandle::new(HANDOFF_CAPACITY, lease_ms);
         let state = AppState {
             services: Arc::new(ServiceCache::new(opts.store.clone(), ttl)),
             api_keys: Arc::new(ApiKeyCache::new(opts.store.clone(), ttl)),
             store: opts.store,
             keys: Arc::new(opts.keys),
             clock: opts.clock,
-            outbox_wake: Arc::new(Notify::new()),
+            outbox,
             settings: Arc::new(opts.settings),
             counters: opts.counters,
         };
@@ -230,6 +237,7 @@ impl Application {
             state,
             sink: opts.sink,
             worker: opts.worker,
+            handoffs,
         })
     }
 
@@ -255,10 +263,10 @@ impl Application {
             sink: self.sink,
             kek: self.state.keys.kek.clone(),
             clock: self.state.clock.clone(),
-            wake: self.state.outbox_wake.clone(),
+            wake: self.state.outbox.wake(),
             settings: self.worker,
         };
-        let worker = tokio::spawn(worker.run(stop_rx.clone()));
+        let worker = tokio::spawn(worker.run(self.handoffs, stop_rx.clone()));
         let janitor = tokio::spawn(janitor(self.state.clone(), stop_rx));
         let router = crate::http::router(self.state);
         axum::serve(self.listener, router)

@@ -1,11 +1,12 @@
-//! The outbox worker: claim, open, send, record, repeat.
+//! The outbox worker: claim, open, send, record, repeat — and, on the hot path, send
+//! what the HTTP side handed over already claimed.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
-use super::{OutgoingMessage, Payload, Sink};
+use super::{Handoff, OutgoingMessage, Payload, Sink};
 use crate::clock::{Clock, Millis};
 use crate::crypto::Kek;
 use crate::store::{DeliveryResult, OutboxItem, Store};
@@ -23,6 +24,10 @@ pub struct WorkerSettings {
     /// Longest sleep when there is nothing to do (a safety net: new messages wake the
     /// worker at once).
     pub idle_poll: Duration,
+    /// Pause after a round that did not fill its batch, so that under load one claim
+    /// and one finish carry many messages instead of one each (every claim and finish
+    /// is a write that competes with the starts for the store).
+    pub coalesce: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -33,6 +38,7 @@ impl Default for WorkerSettings {
             max_attempts: 5,
             backoff: Duration::from_secs(2),
             idle_poll: Duration::from_secs(1),
+            coalesce: Duration::from_millis(10),
         }
     }
 }
@@ -47,29 +53,67 @@ pub struct OutboxWorker {
 }
 
 impl OutboxWorker {
-    /// Runs until `stop` turns true.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    /// Runs until `stop` turns true, then sends what was already handed over.
+    pub async fn run(self, mut handoffs: mpsc::Receiver<Handoff>, mut stop: watch::Receiver<bool>) {
         let this = Arc::new(self);
+        let batch = this.settings.batch as usize;
+        let mut hot = Vec::with_capacity(batch);
         loop {
             if *stop.borrow() {
+                handoffs.close();
+                while handoffs.recv_many(&mut hot, batch).await > 0 {
+                    this.send_handed_over(std::mem::take(&mut hot)).await;
+                }
                 return;
             }
-            let worked = match this.round().await {
-                Ok(n) => n > 0,
+            // Handed-over messages first: they are the fresh ones, and sending them
+            // costs no claim.
+            while hot.len() < batch {
+                match handoffs.try_recv() {
+                    Ok(h) => hot.push(h),
+                    Err(_) => break,
+                }
+            }
+            if !hot.is_empty() {
+                this.send_handed_over(std::mem::take(&mut hot)).await;
+                this.coalesce(&mut stop).await;
+                continue;
+            }
+            let handled = match this.round().await {
+                Ok(n) => n,
                 Err(e) => {
                     tracing::warn!(error = %e, "outbox round failed; retrying");
-                    false
+                    0
                 }
             };
-            if worked {
+            if handled >= batch {
+                continue;
+            }
+            if handled > 0 {
+                this.coalesce(&mut stop).await;
                 continue;
             }
             let sleep = this.idle_sleep().await;
             tokio::select! {
+                n = handoffs.recv_many(&mut hot, batch) => {
+                    if n > 0 {
+                        this.send_handed_over(std::mem::take(&mut hot)).await;
+                        this.coalesce(&mut stop).await;
+                    }
+                }
                 _ = this.wake.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}
                 _ = stop.changed() => {}
             }
+        }
+    }
+
+    /// A short pause after a round that did not fill its batch: under load, one finish
+    /// (and one claim) then carries many messages instead of a few.
+    async fn coalesce(&self, stop: &mut watch::Receiver<bool>) {
+        tokio::select! {
+            _ = tokio::time::sleep(self.settings.coalesce) => {}
+            _ = stop.changed() => {}
         }
     }
 
@@ -99,11 +143,43 @@ impl OutboxWorker {
                 "outbox messages expired before they could be sent"
             );
         }
-        let n = claim.items.len();
+        let sends = claim.items.into_iter().map(|item| {
+            let opened = self.open(&item);
+            (opened, item.id, item.attempts, item.not_after)
+        });
+        self.send_all(sends.collect()).await
+    }
+
+    /// Sends messages handed over by the HTTP side (claimed when they were queued).
+    async fn send_handed_over(self: &Arc<Self>, handoffs: Vec<Handoff>) {
+        let now = self.clock.now();
+        let sends = handoffs
+            .into_iter()
+            .map(|h| {
+                let (id, attempt, not_after) =
+                    (h.message.message_id, h.message.attempt, h.not_after);
+                // Past its expiry the code is useless: record it as failed rather than send.
+                let msg = (not_after > now).then_some(h.message);
+                (msg, id, attempt, not_after)
+            })
+            .collect();
+        if let Err(e) = self.send_all(sends).await {
+            // The leases run out and the messages are claimed again from the outbox.
+            tracing::warn!(error = %e, "recording handed-over messages failed; they will be retried");
+        }
+    }
+
+    /// Sends concurrently and records every outcome in one write. If that write fails,
+    /// the leases run out and the messages are claimed again.
+    async fn send_all(
+        self: &Arc<Self>,
+        sends: Vec<(Option<OutgoingMessage>, i64, u32, Millis)>,
+    ) -> Result<usize, crate::store::StoreError> {
+        let n = sends.len();
         let mut tasks = tokio::task::JoinSet::new();
-        for item in claim.items {
+        for (msg, id, attempts, not_after) in sends {
             let this = self.clone();
-            tasks.spawn(async move { (item.id, this.deliver(item).await) });
+            tasks.spawn(async move { (id, this.deliver(msg, id, attempts, not_after).await) });
         }
         let mut results = Vec::with_capacity(n);
         while let Some(done) = tasks.join_next().await {
@@ -111,38 +187,47 @@ impl OutboxWorker {
                 results.push(r);
             }
         }
-        // One write for the whole round. If it fails, the leases run out and the
-        // messages are claimed again.
         if !results.is_empty() {
             self.store.finish_outbox(results, self.clock.now()).await?;
         }
         Ok(n)
     }
 
-    async fn deliver(&self, item: OutboxItem) -> DeliveryResult {
-        let result = match self.open(&item) {
+    async fn deliver(
+        &self,
+        msg: Option<OutgoingMessage>,
+        id: i64,
+        attempts: u32,
+        not_after: Millis,
+    ) -> DeliveryResult {
+        let result = match msg {
             None => DeliveryResult::Failed {
-                error: "payload cannot be opened (subject erased or key mismatch)".into(),
+                error: "payload cannot be opened (subject erased, key mismatch or expired)".into(),
             },
             Some(msg) => match self.sink.send(&msg).await {
                 Ok(provider_ref) => DeliveryResult::Sent { provider_ref },
-                Err(e) => self.after_failure(&item, e),
+                Err(e) => self.after_failure(attempts, not_after, e),
             },
         };
         if let DeliveryResult::Failed { error } = &result {
-            tracing::warn!(message_id = item.id, verification_id = %item.verification_id, error = %error, "message failed");
+            tracing::warn!(message_id = id, error = %error, "message failed");
         }
         result
     }
 
-    fn after_failure(&self, item: &OutboxItem, e: super::SendError) -> DeliveryResult {
+    fn after_failure(
+        &self,
+        attempts: u32,
+        not_after: Millis,
+        e: super::SendError,
+    ) -> DeliveryResult {
         let now = self.clock.now();
         match e {
             super::SendError::Permanent(m) => DeliveryResult::Failed { error: m },
             super::SendError::Temporary(m) => {
-                let factor = 1u32 << item.attempts.saturating_sub(1).min(10);
+                let factor = 1u32 << attempts.saturating_sub(1).min(10);
                 let at: Millis = now + (self.settings.backoff * factor).as_millis() as i64;
-                if item.attempts >= self.settings.max_attempts || at >= item.not_after {
+                if attempts >= self.settings.max_attempts || at >= not_after {
                     DeliveryResult::Failed { error: m }
                 } else {
                     DeliveryResult::Retry { at, error: m }

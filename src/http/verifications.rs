@@ -19,7 +19,7 @@ use super::{masked_number, validate, ApiError};
 use crate::app::AppState;
 use crate::clock::{rfc3339, Millis};
 use crate::crypto::{self, BlindIndex, DataKey};
-use crate::delivery::Payload;
+use crate::delivery::{Handoff, OutgoingMessage, Payload};
 use crate::store::{
     CancelOutcome, CheckOutcome, IdempotencyCmd, NewSubject, Reseal, Sealed, SendAttempt, StartCmd,
     StartOutcome, SubjectSecrets, VerificationRow,
@@ -324,6 +324,12 @@ pub async fn start(
     if test_code.is_none() {
         meter_send(&st, number.country_code(), now).await?;
     }
+    // When the worker has room, the message is queued claimed and handed over from
+    // memory once committed (no claim, no decryption); otherwise the worker finds it in
+    // the outbox.
+    let handoff = payload
+        .as_ref()
+        .and_then(|p| Some((st.outbox.reserve()?, p.to.clone(), p.body.clone())));
     let sealer = Sealer {
         kek: st.keys.kek.clone(),
         blind_index: bi,
@@ -345,6 +351,7 @@ pub async fn start(
         purpose,
         code,
         idempotency,
+        claim_for_ms: handoff.as_ref().map(|(slot, ..)| slot.lease_ms),
         now,
     };
     let masked = Some(number.masked());
@@ -352,8 +359,22 @@ pub async fn start(
         StartOutcome::Started {
             verification,
             resent,
+            claimed_message,
         } => {
-            st.outbox_wake.notify_one();
+            match (claimed_message, handoff) {
+                (Some(message_id), Some((slot, to, text))) => slot.send(Handoff {
+                    message: OutgoingMessage {
+                        message_id,
+                        attempt: 1,
+                        verification_id: verification.id.clone(),
+                        channel: verification.channel,
+                        to,
+                        body: text,
+                    },
+                    not_after: verification.expires_at,
+                }),
+                _ => st.outbox.notify(),
+            }
             tracing::debug!(
                 verification_id = %verification.id,
                 subject = %bi.short(),

@@ -139,6 +139,11 @@ pub struct StartCmd {
     pub purpose: Option<String>,
     pub code: OtpCode,
     pub idempotency: Option<IdempotencyCmd>,
+    /// When set, the message is queued already claimed by the caller (attempt 1, leased
+    /// for this many milliseconds), so that it can be sent at once from memory without
+    /// a claim and a decryption (see [`crate::delivery::Handoff`]). If the caller dies
+    /// before recording the result, the lease runs out and any worker sends it.
+    pub claim_for_ms: Option<i64>,
     pub now: Millis,
 }
 
@@ -147,6 +152,8 @@ pub enum StartOutcome {
     Started {
         verification: VerificationRow,
         resent: bool,
+        /// The outbox id of the message, when it was queued claimed (`claim_for_ms`).
+        claimed_message: Option<i64>,
     },
     /// An earlier request with the same idempotency key created this verification.
     Replayed(VerificationRow),

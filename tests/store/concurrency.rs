@@ -71,6 +71,7 @@ async fn concurrent_starts_for_one_new_number_make_one_verification() {
                 StartOutcome::Started {
                     verification,
                     resent: false,
+                    ..
                 } => started.push(verification),
                 StartOutcome::Refused(VerifyError::ResendCooldown {
                     retry_after_ms: 30_000,
@@ -117,10 +118,12 @@ async fn concurrent_resends_stop_exactly_at_max_sends() {
                 StartOutcome::Started {
                     verification,
                     resent: false,
+                    ..
                 } => new.push(verification.id),
                 StartOutcome::Started {
                     verification,
                     resent: true,
+                    ..
                 } => resent.push(verification.id),
                 StartOutcome::Refused(VerifyError::MaxSendsReached { .. }) => refused += 1,
                 other => panic!("unexpected outcome {other:?}"),
@@ -158,6 +161,7 @@ async fn concurrent_starts_for_distinct_numbers_all_start() {
             let StartOutcome::Started {
                 verification,
                 resent: false,
+                ..
             } = out
             else {
                 panic!("expected a new verification, got {out:?}");
@@ -195,6 +199,7 @@ async fn concurrent_idempotent_retries_replay_one_start() {
                 StartOutcome::Started {
                     verification,
                     resent: false,
+                    ..
                 } => started.push(verification.id),
                 StartOutcome::Replayed(row) => replayed.push(row.id),
                 other => panic!("unexpected outcome {other:?}"),

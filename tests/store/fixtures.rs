@@ -94,6 +94,7 @@ impl Backend {
             account_ref: None,
             purpose: None,
             idempotency: None,
+            claim_for_ms: None,
             test_number: false,
         }
     }
@@ -188,6 +189,7 @@ pub struct Start<'a> {
     account_ref: Option<String>,
     purpose: Option<String>,
     idempotency: Option<IdempotencyCmd>,
+    claim_for_ms: Option<i64>,
     test_number: bool,
 }
 
@@ -233,6 +235,12 @@ impl Start<'_> {
 
     /// An `Idempotency-Key` of `api_key_id`; `request` stands for the request body
     /// (requests with the same number have the same fingerprint).
+    /// Queues the message claimed by the caller for `lease_ms` (the hand-over path).
+    pub fn claimed_for(mut self, lease_ms: i64) -> Self {
+        self.claim_for_ms = Some(lease_ms);
+        self
+    }
+
     pub fn idempotency(mut self, api_key_id: &str, key: &str, request: u8) -> Self {
         self.idempotency = Some(IdempotencyCmd {
             api_key_id: api_key_id.to_owned(),
@@ -299,6 +307,7 @@ impl Start<'_> {
             purpose: self.purpose,
             code: otp(&self.code),
             idempotency: self.idempotency,
+            claim_for_ms: self.claim_for_ms,
             now: self.now,
         };
         Prepared {
@@ -322,6 +331,7 @@ impl Start<'_> {
             StartOutcome::Started {
                 verification,
                 resent: false,
+                ..
             } => verification,
             other => panic!("expected a new verification, got {other:?}"),
         }
@@ -333,6 +343,7 @@ impl Start<'_> {
             StartOutcome::Started {
                 verification,
                 resent: true,
+                ..
             } => verification,
             other => panic!("expected a resend, got {other:?}"),
         }

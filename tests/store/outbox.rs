@@ -1,7 +1,7 @@
 //! The outbox as the delivery worker uses it: claim with a lease, expire instead of
 //! sending late, record sent / retry / failed, and say when the next message is due.
 
-use ringfence::store::{CheckOutcome, DeliveryResult, OutboxItem};
+use ringfence::store::{CheckOutcome, DeliveryResult, OutboxItem, StartOutcome};
 use ringfence::verify::{Channel, Status};
 
 use crate::backend::each_backend;
@@ -382,6 +382,118 @@ async fn next_outbox_due_is_the_earliest_queued_message() {
         assert_eq!(
             b.store.next_outbox_due().await.unwrap(),
             Some(T0 + 2 * SECOND)
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_message_queued_claimed_is_not_handed_out_until_its_lease_ends() {
+    each_backend(|b| async move {
+        let svc = b.service("signup", |_| {}).await;
+        let out = b.start(&svc, PHONE).claimed_for(LEASE).send().await;
+        let StartOutcome::Started {
+            verification,
+            claimed_message: Some(message_id),
+            ..
+        } = out
+        else {
+            panic!("expected a claimed message, got {out:?}");
+        };
+        let rows = b.inspect.outbox(&verification.id).await;
+        assert_eq!(rows[0].status, "sending");
+        assert_eq!(rows[0].attempts, 1, "the claim at queueing is attempt 1");
+        assert_eq!(b.store.next_outbox_due().await.unwrap(), Some(T0 + LEASE));
+        assert!(
+            b.store
+                .claim_outbox(T0 + LEASE - 1, 10, LEASE)
+                .await
+                .unwrap()
+                .items
+                .is_empty(),
+            "the caller holds it: no worker may send it meanwhile"
+        );
+
+        // The caller sends and records it: nothing is left to claim.
+        let sent = DeliveryResult::Sent { provider_ref: None };
+        b.store
+            .finish_outbox(vec![(message_id, sent)], T0 + SECOND)
+            .await
+            .unwrap();
+        assert_eq!(b.message_statuses(&verification.id).await, ["sent"]);
+        assert!(b
+            .store
+            .claim_outbox(T0 + LEASE, 10, LEASE)
+            .await
+            .unwrap()
+            .items
+            .is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_message_queued_claimed_by_a_caller_that_died_is_sent_after_the_lease() {
+    each_backend(|b| async move {
+        let svc = b.service("signup", |_| {}).await;
+        let out = b.start(&svc, PHONE).claimed_for(LEASE).send().await;
+        let StartOutcome::Started {
+            claimed_message: Some(message_id),
+            ..
+        } = out
+        else {
+            panic!("expected a claimed message, got {out:?}");
+        };
+        // Nobody recorded a result: once the lease ends a worker takes it, as attempt 2,
+        // with its content intact.
+        let again = only(
+            b.store
+                .claim_outbox(T0 + LEASE, 10, LEASE)
+                .await
+                .unwrap()
+                .items,
+        );
+        assert_eq!(again.id, message_id);
+        assert_eq!(again.attempts, 2);
+        assert!(b.open_message(&again).body.contains(CODE));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn without_a_claim_a_start_reports_no_claimed_message() {
+    each_backend(|b| async move {
+        let svc = b.service("signup", |_| {}).await;
+        let out = b.start(&svc, PHONE).send().await;
+        assert!(
+            matches!(
+                out,
+                StartOutcome::Started {
+                    claimed_message: None,
+                    ..
+                }
+            ),
+            "got {out:?}"
+        );
+        let resend = b
+            .start(&svc, PHONE)
+            .at(T0 + 60 * SECOND)
+            .claimed_for(LEASE)
+            .send()
+            .await;
+        let StartOutcome::Started {
+            resent: true,
+            verification,
+            claimed_message: Some(_),
+        } = resend
+        else {
+            panic!("expected a claimed resend, got {resend:?}");
+        };
+        let statuses = b.message_statuses(&verification.id).await;
+        assert_eq!(
+            statuses,
+            ["canceled", "sending"],
+            "the first code's message is withdrawn"
         );
     })
     .await;

@@ -29,6 +29,7 @@ async fn a_new_number_gets_a_subject_a_verification_and_a_message() {
         let StartOutcome::Started {
             verification: v,
             resent: false,
+            ..
         } = out
         else {
             panic!("expected a new verification, got {out:?}");
@@ -94,6 +95,7 @@ async fn a_known_number_is_sealed_again_under_its_own_key() {
         let StartOutcome::Started {
             verification: second,
             resent: false,
+            ..
         } = out
         else {
             panic!("expected a new verification, got {out:?}");

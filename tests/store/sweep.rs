@@ -56,7 +56,7 @@ async fn sweep_expires_forgets_and_unlocks() {
             .send()
             .await;
         assert!(
-            matches!(&out, StartOutcome::Started { verification, resent: false } if verification.id != forgotten.id),
+            matches!(&out, StartOutcome::Started { verification, resent: false, .. } if verification.id != forgotten.id),
             "got {out:?}"
         );
     })

@@ -786,6 +786,7 @@ async fn start(
         purpose,
         code,
         idempotency,
+        claim_for_ms,
         now,
     } = cmd;
     // Every start for this number, on any instance, waits here for the one before it:
@@ -877,8 +878,9 @@ async fn start(
         Err(why) => return Ok(StartOutcome::Refused(why)),
     };
     let expires_at = now + i64::from(config.ttl_seconds) * 1000;
-    // Whether the message was queued together with a new verification.
-    let mut message_queued = false;
+    let lease_until = claim_for_ms.map(|ms| now + ms);
+    // The message's id, once queued (together with a new verification, or after it).
+    let mut message: Option<i64> = None;
     let (row, resent) = match (plan, pending) {
         (StartPlan::Resend, Some((row, _))) => {
             let hash = codes.hash(&row.id, code.expose());
@@ -925,14 +927,16 @@ async fn start(
             let sql = if sealed.message.is_some() {
                 format!(
                     "WITH v AS ({insert_verification} RETURNING id)
-                     INSERT INTO outbox (verification_id, subject_id, channel, payload, status, next_attempt_at, not_after,
-                                         created_at, updated_at)
-                     SELECT v.id, $3, $4, $16, 'queued', $14, $15, $14, $14 FROM v"
+                     INSERT INTO outbox (verification_id, subject_id, channel, payload, status, attempts, next_attempt_at,
+                                         lease_until, not_after, created_at, updated_at)
+                     SELECT v.id, $3, $4, $16, CASE WHEN $17::bigint IS NULL THEN 'queued' ELSE 'sending' END,
+                            CASE WHEN $17::bigint IS NULL THEN 0 ELSE 1 END, $14, $17, $15, $14, $14 FROM v
+                     RETURNING id"
                 )
             } else {
                 insert_verification.to_owned()
             };
-            let mut q = sqlx::query(&sql)
+            let q = sqlx::query(&sql)
                 .bind(&row.id)
                 .bind(&row.service_id)
                 .bind(subject_id)
@@ -949,17 +953,26 @@ async fn start(
                 .bind(now)
                 .bind(expires_at);
             if let Some(payload) = &sealed.message {
-                q = q.bind(payload);
+                message = q
+                    .bind(payload)
+                    .bind(lease_until)
+                    .fetch_one(&mut **tx)
+                    .await?
+                    .try_get(0)
+                    .map(Some)?;
+            } else {
+                q.execute(&mut **tx).await?;
             }
-            q.execute(&mut **tx).await?;
-            message_queued = sealed.message.is_some();
             (row, false)
         }
     };
-    if let (false, Some(payload)) = (message_queued, &sealed.message) {
-        sqlx::query(
-            "INSERT INTO outbox (verification_id, subject_id, channel, payload, status, next_attempt_at, not_after, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $5, $5)",
+    if let (None, Some(payload)) = (message, &sealed.message) {
+        message = sqlx::query_scalar(
+            "INSERT INTO outbox (verification_id, subject_id, channel, payload, status, attempts, next_attempt_at,
+                                 lease_until, not_after, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, CASE WHEN $7::bigint IS NULL THEN 'queued' ELSE 'sending' END,
+                     CASE WHEN $7::bigint IS NULL THEN 0 ELSE 1 END, $5, $7, $6, $5, $5)
+             RETURNING id",
         )
         .bind(&row.id)
         .bind(subject_id)
@@ -967,8 +980,10 @@ async fn start(
         .bind(payload)
         .bind(now)
         .bind(expires_at)
-        .execute(&mut **tx)
-        .await?;
+        .bind(lease_until)
+        .fetch_one(&mut **tx)
+        .await
+        .map(Some)?;
     }
     if let Some(idem) = &idempotency {
         sqlx::query("INSERT INTO idempotency_keys (api_key_id, key, fingerprint, verification_id, created_at) VALUES ($1, $2, $3, $4, $5)")
@@ -983,6 +998,7 @@ async fn start(
     Ok(StartOutcome::Started {
         verification: row,
         resent,
+        claimed_message: message.filter(|_| lease_until.is_some()),
     })
 }
 

@@ -221,6 +221,9 @@ fn end_queued_messages(
     Ok(())
 }
 
+/// Queues a message; claimed by the caller (attempt 1, leased until `lease_until`) when
+/// that is given. Returns the message's id.
+#[allow(clippy::too_many_arguments)]
 fn enqueue(
     c: &Connection,
     verification_id: &str,
@@ -229,13 +232,16 @@ fn enqueue(
     payload: &[u8],
     now: Millis,
     not_after: Millis,
-) -> StoreResult<()> {
+    lease_until: Option<Millis>,
+) -> StoreResult<i64> {
     c.prepare_cached(
-        "INSERT INTO outbox (verification_id, subject_id, channel, payload, status, next_attempt_at, not_after, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?5, ?5)",
+        "INSERT INTO outbox (verification_id, subject_id, channel, payload, status, attempts, next_attempt_at,
+                             lease_until, not_after, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, CASE WHEN ?7 IS NULL THEN 'queued' ELSE 'sending' END,
+                 CASE WHEN ?7 IS NULL THEN 0 ELSE 1 END, ?5, ?7, ?6, ?5, ?5)",
     )?
-    .execute(params![verification_id, subject_id, channel.as_str(), payload, now, not_after])?;
-    Ok(())
+    .execute(params![verification_id, subject_id, channel.as_str(), payload, now, not_after, lease_until])?;
+    Ok(c.last_insert_rowid())
 }
 
 fn lockout_until(c: &Connection, subject_id: i64, service_id: &str) -> StoreResult<Option<Millis>> {
@@ -261,6 +267,7 @@ pub fn start(c: &Connection, codes: &CodeHasher, cmd: StartCmd) -> StoreResult<S
         purpose,
         code,
         idempotency,
+        claim_for_ms,
         now,
     } = cmd;
     // An idempotent retry answers with what the first request created, sending nothing.
@@ -392,9 +399,20 @@ pub fn start(c: &Connection, codes: &CodeHasher, cmd: StartCmd) -> StoreResult<S
             (row, false)
         }
     };
-    if let Some(payload) = &sealed.message {
-        enqueue(c, &row.id, subject_id, channel, payload, now, expires_at)?;
-    }
+    let lease_until = claim_for_ms.map(|ms| now + ms);
+    let message = match &sealed.message {
+        Some(payload) => Some(enqueue(
+            c,
+            &row.id,
+            subject_id,
+            channel,
+            payload,
+            now,
+            expires_at,
+            lease_until,
+        )?),
+        None => None,
+    };
     if let Some(idem) = &idempotency {
         c.prepare_cached(
             "INSERT INTO idempotency_keys (api_key_id, key, fingerprint, verification_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -404,6 +422,7 @@ pub fn start(c: &Connection, codes: &CodeHasher, cmd: StartCmd) -> StoreResult<S
     Ok(StartOutcome::Started {
         verification: row,
         resent,
+        claimed_message: message.filter(|_| lease_until.is_some()),
     })
 }
 
