@@ -826,9 +826,13 @@ mod tests {
         assert_eq!(judge(&p, counts(100, 0, 40), 0.7), None);
         // 3 of 100 is.
         assert!(judge(&p, counts(100, 0, 3), 0.7).is_some());
-        // Approvals of young sends never push the rate above 1.
-        let f = judge(&p, counts(60, 40, 0), 0.7).expect("closes");
-        assert_eq!(f.sends, 20);
+        // Only the mature sends are counted …
+        let f = judge(&p, counts(60, 35, 0), 0.7).expect("closes");
+        assert_eq!(f.sends, 25);
+        // … and approvals of young sends never make a rate above 1.
+        assert_eq!(judge(&p, counts(30, 0, 45), 0.7), None);
+        // Below the minimum, even no approval at all is not judged.
+        assert_eq!(judge(&p, counts(19, 0, 0), 0.9), None);
     }
 
     #[test]
