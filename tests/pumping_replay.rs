@@ -39,7 +39,7 @@ const FALSE_BLOCK_LIMIT: f64 = 0.001;
 fn replay_policy() -> PumpingPolicy {
     PumpingPolicy {
         spend: SpendPolicy {
-            prices_micros: HashMap::from([(998, 250_000), (996, 200_000), (234, 80_000)]),
+            prices_micros: HashMap::from([(998, 250_000), (996, 200_000), (254, 80_000)]),
             default_price_micros: 40_000,
             country_budgets_micros: HashMap::new(),
             default_country_budget_micros: Some(500_000_000),
@@ -224,6 +224,38 @@ fn assert_pumping_stopped_and_legit_spared(
     );
 }
 
+/// Prints what the legitimate part of the trace is made of.
+fn describe(trace: &Trace) {
+    let legit = |e: &&trace::TraceEvent| trace.verifications[e.verification as usize].legit;
+    let count = |kind| {
+        trace
+            .events
+            .iter()
+            .filter(legit)
+            .filter(|e| e.kind == kind)
+            .count()
+    };
+    let (sends, approvals) = (count(Kind::Send), count(Kind::Approval));
+    let verifications = trace.verifications.iter().filter(|v| v.legit).count();
+    let mut prefixes = BTreeSet::new();
+    let mut per_country: BTreeMap<u16, usize> = BTreeMap::new();
+    for v in trace.verifications.iter().filter(|v| v.legit) {
+        prefixes.insert(&v.prefix);
+        *per_country.entry(v.prefix.country_code()).or_default() += 1;
+    }
+    println!(
+        "trace: {} legitimate prefixes; approvals {approvals} = {:.1} % of {verifications} verifications, {:.1} % of {sends} sends",
+        prefixes.len(),
+        100.0 * approvals as f64 / verifications as f64,
+        100.0 * approvals as f64 / sends as f64,
+    );
+    println!("legitimate verifications per country: {per_country:?}");
+    println!(
+        "legitimate prefixes with at least 40 sends in some hour: {}",
+        busy_legit_prefixes(trace, 40)
+    );
+}
+
 /// Legitimate prefixes that had at least `sends` sends within some clock hour.
 fn busy_legit_prefixes(trace: &Trace, sends: u64) -> usize {
     let mut per_hour: HashMap<(&Prefix, i64), u64> = HashMap::new();
@@ -340,10 +372,7 @@ async fn replay_closes_every_pumped_prefix_and_spares_legitimate_traffic() {
     let detector = PumpingDetector::new(memory(), replay_policy());
     let report = replay(&trace, &[detector]).await;
     report.print("memory counters, one instance");
-    println!(
-        "legitimate prefixes with at least 40 sends in some hour: {}",
-        busy_legit_prefixes(&trace, 40)
-    );
+    describe(&trace);
     assert_pumping_stopped_and_legit_spared(&config, &trace, &report, 10);
     // Only the closings themselves were events: no budget was reached.
     assert_eq!(report.events.len(), report.closed.len());

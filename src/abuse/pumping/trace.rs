@@ -45,7 +45,7 @@ pub struct TraceConfig {
 
 impl Default for TraceConfig {
     fn default() -> Self {
-        let pumped = [(998, "935"), (998, "971"), (996, "555"), (234, "809")]
+        let pumped = [(998, "935"), (998, "971"), (996, "555"), (254, "809")]
             .into_iter()
             .map(|(cc, d)| Prefix::new(cc, d).expect("valid prefix"))
             .collect();
