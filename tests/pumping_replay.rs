@@ -93,7 +93,7 @@ impl Report {
         for (prefix, p) in &self.pumped {
             let conv = match self.closed.get(prefix).map(|c| &c.figures) {
                 Some(Figures::Conversion(f)) => format!(
-                    "judged {}/{} (bound {:.3} < {:.3} = 0.3 x baseline {:.3})",
+                    "judged {}/{} (bound {:.3} < threshold {:.3}, baseline {:.3})",
                     f.approvals, f.sends, f.upper_bound, f.threshold, f.baseline
                 ),
                 _ => "not closed".into(),
@@ -369,6 +369,7 @@ impl Counters for Namespaced {
 async fn replay_closes_every_pumped_prefix_and_spares_legitimate_traffic() {
     let config = TraceConfig::default();
     let trace = trace::generate(&config);
+    replay_policy().validate().expect("valid policy");
     let detector = PumpingDetector::new(memory(), replay_policy());
     let report = replay(&trace, &[detector]).await;
     report.print("memory counters, one instance");

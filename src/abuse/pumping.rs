@@ -219,12 +219,51 @@ impl PumpingPolicy {
         Prefix::of_number(country_code, national_number, digits)
     }
 
+    /// Checks the policy once, at start-up; the error names the setting at fault.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let bad = |setting: &'static str, rule: &'static str| Err(PolicyError { setting, rule });
+        let digits_ok = |d: usize| (1..=MAX_PREFIX_DIGITS).contains(&d);
+        if !digits_ok(self.default_prefix_digits)
+            || !self.prefix_digits.values().all(|&d| digits_ok(d))
+        {
+            return bad("prefix_digits", "1 to 6 digits");
+        }
+        if self.window_ms <= 0 || self.baseline_window_ms <= 0 || self.cooldown_ms <= 0 {
+            return bad(
+                "window_ms / baseline_window_ms / cooldown_ms",
+                "must be positive",
+            );
+        }
+        if self.approval_lag_ms <= 0 || self.approval_lag_ms >= self.window_ms {
+            return bad("approval_lag_ms", "positive and shorter than window_ms");
+        }
+        if !(self.collapse_ratio > 0.0 && self.collapse_ratio <= 1.0) {
+            return bad("collapse_ratio", "above 0 and at most 1");
+        }
+        if !(self.confidence_z >= 0.0 && self.confidence_z.is_finite()) {
+            return bad("confidence_z", "a non-negative number");
+        }
+        let unit = |f: f64| (0.0..=1.0).contains(&f);
+        if !unit(self.default_baseline_floor) || !self.baseline_floor.values().all(|&f| unit(f)) {
+            return bad("baseline_floor", "between 0 and 1");
+        }
+        Ok(())
+    }
+
     fn floor(&self, country_code: u16) -> f64 {
         self.baseline_floor
             .get(&country_code)
             .copied()
             .unwrap_or(self.default_baseline_floor)
     }
+}
+
+/// A setting of [`PumpingPolicy`] out of its range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("pumping policy: {setting} must be {rule}")]
+pub struct PolicyError {
+    pub setting: &'static str,
+    pub rule: &'static str,
 }
 
 /// The spend breaker: what one SMS costs per country, and how much a UTC day may
@@ -833,6 +872,28 @@ mod tests {
         assert_eq!(judge(&p, counts(30, 0, 45), 0.7), None);
         // Below the minimum, even no approval at all is not judged.
         assert_eq!(judge(&p, counts(19, 0, 0), 0.9), None);
+    }
+
+    #[test]
+    fn the_default_policy_is_valid_and_bad_settings_are_named() {
+        assert_eq!(PumpingPolicy::default().validate(), Ok(()));
+        let lag = PumpingPolicy {
+            approval_lag_ms: HOUR_MS,
+            ..PumpingPolicy::default()
+        };
+        assert_eq!(lag.validate().unwrap_err().setting, "approval_lag_ms");
+        let mut floor = PumpingPolicy::default();
+        floor.baseline_floor.insert(44, 1.5);
+        assert!(floor
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("baseline_floor"));
+        let ratio = PumpingPolicy {
+            collapse_ratio: f64::NAN,
+            ..PumpingPolicy::default()
+        };
+        assert_eq!(ratio.validate().unwrap_err().setting, "collapse_ratio");
     }
 
     #[test]
