@@ -3,6 +3,7 @@
 //!
 //! The modules are named after what the product does; see `docs/architecture.md`.
 
+pub mod abuse;
 pub mod app;
 pub mod cli;
 pub mod clock;

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringfence::clock::{Clock, ManualClock};
+use ringfence::clock::{Clock, ManualClock, SystemClock};
 use ringfence::counters::{
     Counters, CountersError, CountersSpec, MemoryCounters, Rate, RedisCounters,
 };
@@ -75,6 +75,10 @@ conformance!(
     window_increments_are_atomic_under_concurrency,
     sliding_estimate_weighs_the_previous_window,
     keys_that_look_like_phone_numbers_are_refused,
+    values_are_stored_once_and_expire_in_caller_time,
+    put_if_absent_is_atomic_under_concurrency,
+    values_that_look_like_phone_numbers_are_refused,
+    the_previous_window_outlives_its_end_in_real_time,
     ping_answers,
 );
 
@@ -303,6 +307,120 @@ async fn keys_that_look_like_phone_numbers_are_refused(c: Arc<dyn Counters>) {
     assert!(matches!(err, CountersError::InvalidKey(_)));
 }
 
+async fn values_are_stored_once_and_expire_in_caller_time(c: Arc<dyn Counters>) {
+    let clock = ManualClock::starting_now();
+    let p = prefix();
+    let key = format!("{p}:closed");
+    assert_eq!(c.get_value(&key, clock.now()).await.unwrap(), None);
+
+    let first = c
+        .put_if_absent(&key, "first", 60_000, clock.now())
+        .await
+        .unwrap();
+    assert!(first.created);
+    assert_eq!(first.value, "first");
+    assert_eq!(first.expires_at, clock.now() + 60_000);
+
+    // A second writer neither overwrites nor extends: it is told what is there.
+    clock.advance(Duration::from_secs(10));
+    let second = c
+        .put_if_absent(&key, "second", 60_000, clock.now())
+        .await
+        .unwrap();
+    assert!(!second.created);
+    assert_eq!(second.value, "first");
+    assert_eq!(second.expires_at, first.expires_at);
+    assert_eq!(
+        c.get_value(&key, clock.now()).await.unwrap().as_deref(),
+        Some("first")
+    );
+    // Values and window counters under one key are separate state.
+    assert_eq!(c.get_window(&key, 60_000, clock.now()).await.unwrap(), 0);
+
+    // Expiry follows the caller's clock (the manual one here), not the backend's.
+    clock.advance(Duration::from_millis(49_999));
+    assert!(c.get_value(&key, clock.now()).await.unwrap().is_some());
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(c.get_value(&key, clock.now()).await.unwrap(), None);
+    let third = c
+        .put_if_absent(&key, "third", 1_000, clock.now())
+        .await
+        .unwrap();
+    assert!(third.created);
+    assert_eq!(third.value, "third");
+
+    let err = c
+        .put_if_absent(&key, "x", 0, clock.now())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CountersError::InvalidArgument(_)), "{err}");
+    let err = c
+        .put_if_absent(&key, &"x".repeat(201), 1_000, clock.now())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CountersError::InvalidArgument(_)), "{err}");
+}
+
+async fn put_if_absent_is_atomic_under_concurrency(c: Arc<dyn Counters>) {
+    let now = ManualClock::starting_now().now();
+    let key = format!("{}:race", prefix());
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let (c, key) = (c.clone(), key.clone());
+            tokio::spawn(async move {
+                c.put_if_absent(&key, &format!("w{i}"), 60_000, now)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let outcomes: Vec<_> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let winners: Vec<_> = outcomes.iter().filter(|o| o.created).collect();
+    assert_eq!(winners.len(), 1, "exactly one writer stores");
+    let value = &winners[0].value;
+    assert!(outcomes.iter().all(|o| &o.value == value));
+    assert_eq!(c.get_value(&key, now).await.unwrap().as_ref(), Some(value));
+}
+
+async fn values_that_look_like_phone_numbers_are_refused(c: Arc<dyn Counters>) {
+    let now = ManualClock::starting_now().now();
+    let key = format!("{}:v", prefix());
+    let err = c
+        .put_if_absent(&key, "closed for +447700900123", 1_000, now)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CountersError::InvalidArgument(_)), "{err}");
+    assert!(!err.to_string().contains("7700900123"));
+    let err = c.get_value("v:+447700900123", now).await.unwrap_err();
+    assert!(matches!(err, CountersError::InvalidKey(_)), "{err}");
+    assert_eq!(c.get_value(&key, now).await.unwrap(), None);
+}
+
+/// In real time, not on a manual clock: the sliding estimate reads the previous
+/// window after that window has ended, so its count must still be there (in Redis it
+/// used to expire at the window's end, while the memory backend still showed it).
+/// This test waits for a window boundary, about half a second.
+async fn the_previous_window_outlives_its_end_in_real_time(c: Arc<dyn Counters>) {
+    let key = format!("{}:realtime", prefix());
+    let window = 400;
+    let now = SystemClock.now();
+    c.incr_window(&key, window, 100, now).await.unwrap();
+    let next = (now.div_euclid(window) + 1) * window;
+    tokio::time::sleep(Duration::from_millis((next - now + 50) as u64)).await;
+    let later = SystemClock.now();
+    assert!(later < next + window, "the machine stalled for a window");
+    let estimate = c.get_sliding(&key, window, later).await.unwrap();
+    assert!(estimate > 0, "the previous window was dropped at its end");
+    assert_eq!(
+        c.get_window(&key, window, later - window).await.unwrap(),
+        100
+    );
+}
+
 async fn ping_answers(c: Arc<dyn Counters>) {
     c.ping().await.unwrap();
 }
@@ -332,6 +450,39 @@ async fn redis_two_instances_share_one_limit() {
     assert_eq!(admitted, 50);
 }
 
+/// Two instances sharing one Redis: exactly one of them stores a value, and both read
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_two_instances_agree_on_a_value() {
+    let (Some(a), Some(b)) = (redis().await, redis().await) else {
+        eprintln!("RINGFENCE_TEST_REDIS_URL unset: Redis not tested");
+        return;
+    };
+    let now = ManualClock::starting_now().now();
+    let key = format!("{}:closed", prefix());
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let c = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let key = key.clone();
+            tokio::spawn(async move {
+                c.put_if_absent(&key, &format!("by {}", i % 2), 60_000, now)
+                    .await
+                    .unwrap()
+                    .created
+            })
+        })
+        .collect();
+    let created = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count();
+    assert_eq!(created, 1);
+    let seen_a = a.get_value(&key, now).await.unwrap();
+    assert!(seen_a.is_some());
+    assert_eq!(seen_a, b.get_value(&key, now).await.unwrap());
+}
+
 /// Checks that every operation fails with `Unavailable`, each within `bound`.
 async fn assert_unavailable_within(c: &dyn Counters, bound: Duration) {
     let now = ManualClock::starting_now().now();
@@ -342,10 +493,14 @@ async fn assert_unavailable_within(c: &dyn Counters, bound: Duration) {
     assert!(matches!(err, CountersError::Unavailable(_)), "{err}");
     let err = c.get_window("k:1", 60_000, now).await.unwrap_err();
     assert!(matches!(err, CountersError::Unavailable(_)), "{err}");
+    let err = c.put_if_absent("k:1", "v", 1_000, now).await.unwrap_err();
+    assert!(matches!(err, CountersError::Unavailable(_)), "{err}");
+    let err = c.get_value("k:1", now).await.unwrap_err();
+    assert!(matches!(err, CountersError::Unavailable(_)), "{err}");
     let err = c.ping().await.unwrap_err();
     assert!(matches!(err, CountersError::Unavailable(_)), "{err}");
     let elapsed = started.elapsed();
-    assert!(elapsed < bound, "four failures took {elapsed:?}");
+    assert!(elapsed < bound, "six failures took {elapsed:?}");
 }
 
 /// Nothing listens on port 1: the backend builds (it connects lazily) and every
@@ -355,7 +510,7 @@ async fn redis_that_refuses_connections_is_unavailable_fast() {
     let spec: CountersSpec = "redis://127.0.0.1:1".parse().unwrap();
     let c = spec.build().await.unwrap();
     assert_eq!(c.backend(), "redis");
-    // Four operations with a 250 ms bound each; the margin is for a loaded machine.
+    // Six operations with a 250 ms bound each; the margin is for a loaded machine.
     assert_unavailable_within(&*c, Duration::from_secs(3)).await;
 }
 

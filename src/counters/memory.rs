@@ -8,8 +8,9 @@
 //!
 //! Expiry is lazy and follows the caller's `now`, like everything else: an entry past
 //! its expiry reads as absent. A GCRA entry expires when its TAT passes (from then on
-//! it means "full burst", exactly like no entry); a window counter expires when its
-//! window ends.
+//! it means "full burst", exactly like no entry); a window counter expires one window
+//! after its window ends (the sliding estimate reads the previous window); a stored
+//! value expires at the `now + ttl` of the call that stored it.
 //!
 //! Each shard holds at most `max_entries / SHARDS` keys (rounded up), so an attacker
 //! who varies keys (random IPs, random prefixes) cannot exhaust memory. When a new key
@@ -30,7 +31,8 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    check_key, check_window, gcra_step, window_of, Counters, CountersResult, GcraDecision, Rate,
+    check_key, check_ttl, check_value, check_window, gcra_step, window_of, Counters,
+    CountersResult, GcraDecision, Rate, Stored,
 };
 use crate::clock::Millis;
 
@@ -50,12 +52,28 @@ struct Shard {
     map: HashMap<String, Entry>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Entry {
-    /// A GCRA TAT (µs) or a window count.
-    value: i64,
+    value: Value,
     /// The caller-time (ms) from which this entry reads as absent.
     expires_at: Millis,
+}
+
+#[derive(Clone)]
+enum Value {
+    /// A GCRA TAT (µs) or a window count.
+    Int(i64),
+    /// A value of [`Counters::put_if_absent`].
+    Text(Box<str>),
+}
+
+impl Value {
+    fn int(&self) -> Option<i64> {
+        match self {
+            Self::Int(n) => Some(*n),
+            Self::Text(_) => None,
+        }
+    }
 }
 
 impl Default for MemoryCounters {
@@ -103,15 +121,18 @@ fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 }
 
 impl Shard {
-    fn get(&mut self, key: &str, now: Millis) -> Option<i64> {
-        match self.map.get(key) {
-            Some(e) if e.expires_at > now => Some(e.value),
-            Some(_) => {
-                self.map.remove(key);
-                None
-            }
-            None => None,
+    /// The entry under `key` if it is live at `now`; an expired one is dropped.
+    fn get(&mut self, key: &str, now: Millis) -> Option<&Entry> {
+        let live = self.map.get(key).map(|e| e.expires_at > now)?;
+        if !live {
+            self.map.remove(key);
+            return None;
         }
+        self.map.get(key)
+    }
+
+    fn get_int(&mut self, key: &str, now: Millis) -> Option<i64> {
+        self.get(key, now).and_then(|e| e.value.int())
     }
 
     fn put(&mut self, key: String, entry: Entry, cap: usize, now: Millis) {
@@ -152,6 +173,10 @@ fn gcra_key(key: &str) -> String {
     format!("g:{key}")
 }
 
+fn value_key(key: &str) -> String {
+    format!("v:{key}")
+}
+
 fn window_key(key: &str, window_ms: i64, index: i64) -> String {
     format!("w:{window_ms}:{index}:{key}")
 }
@@ -168,13 +193,13 @@ impl Counters for MemoryCounters {
         check_key(key)?;
         let k = gcra_key(key);
         let mut shard = self.shard(&k);
-        let tat = shard.get(&k, now);
+        let tat = shard.get_int(&k, now);
         let (decision, new_tat) = gcra_step(tat, rate, now, cost);
         if let Some(new_tat) = new_tat {
             // Absent and "TAT has passed" mean the same, so expire at the TAT.
             let expires_at = new_tat.div_euclid(1000) + 1;
             let entry = Entry {
-                value: new_tat,
+                value: Value::Int(new_tat),
                 expires_at,
             };
             shard.put(k, entry, self.per_shard, now);
@@ -194,13 +219,14 @@ impl Counters for MemoryCounters {
         let (index, left) = window_of(window_ms, now);
         let k = window_key(key, window_ms, index);
         let mut shard = self.shard(&k);
-        let count = shard.get(&k, now).unwrap_or(0);
+        let count = shard.get_int(&k, now).unwrap_or(0);
         // Counts are kept as i64, as in Redis (INCRBY); they saturate rather than wrap.
         let by = i64::try_from(by).unwrap_or(i64::MAX);
         let count = count.saturating_add(by);
+        // Kept one window past its end: the sliding estimate reads it then.
         let entry = Entry {
-            value: count,
-            expires_at: now + left,
+            value: Value::Int(count),
+            expires_at: now + left + window_ms,
         };
         shard.put(k, entry, self.per_shard, now);
         Ok(count as u64)
@@ -211,8 +237,57 @@ impl Counters for MemoryCounters {
         let window_ms = check_window(window_ms)?;
         let (index, _) = window_of(window_ms, now);
         let k = window_key(key, window_ms, index);
-        let count = self.shard(&k).get(&k, now).unwrap_or(0);
+        let count = self.shard(&k).get_int(&k, now).unwrap_or(0);
         Ok(count.max(0) as u64)
+    }
+
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        value: &str,
+        ttl_ms: i64,
+        now: Millis,
+    ) -> CountersResult<Stored> {
+        check_key(key)?;
+        check_value(value)?;
+        let ttl_ms = check_ttl(ttl_ms)?;
+        let k = value_key(key);
+        let mut shard = self.shard(&k);
+        if let Some(Entry {
+            value: Value::Text(held),
+            expires_at,
+        }) = shard.get(&k, now)
+        {
+            return Ok(Stored {
+                value: held.to_string(),
+                created: false,
+                expires_at: *expires_at,
+            });
+        }
+        let expires_at = now.saturating_add(ttl_ms);
+        let entry = Entry {
+            value: Value::Text(value.into()),
+            expires_at,
+        };
+        shard.put(k, entry, self.per_shard, now);
+        Ok(Stored {
+            value: value.to_owned(),
+            created: true,
+            expires_at,
+        })
+    }
+
+    async fn get_value(&self, key: &str, now: Millis) -> CountersResult<Option<String>> {
+        check_key(key)?;
+        let k = value_key(key);
+        let held = match self.shard(&k).get(&k, now) {
+            Some(Entry {
+                value: Value::Text(held),
+                ..
+            }) => Some(held.to_string()),
+            _ => None,
+        };
+        Ok(held)
     }
 
     async fn ping(&self) -> CountersResult<()> {

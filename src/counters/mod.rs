@@ -15,6 +15,10 @@
 //!   [`Counters::get_window`], fixed-window counters (sends and approvals per number
 //!   prefix, for the SMS-pumping detector), and [`Counters::get_sliding`], the usual
 //!   sliding-window estimate from the current and the previous window.
+//! * **Is this marked?** — [`Counters::put_if_absent`] and [`Counters::get_value`], a
+//!   short value under a key until an expiry (a closed number prefix and why, for the
+//!   SMS-pumping detector). Of several callers racing to store, exactly one stores,
+//!   so exactly one of them reports the event.
 //!
 //! ## Guarantees
 //!
@@ -27,7 +31,10 @@
 //!   gain or lose up to *s* ms of refill. Expiry of stored state is garbage collection
 //!   only — an expired key and a key whose TAT has passed mean the same thing — and is
 //!   always given *relative* to the caller's `now`, so the backend's own clock does
-//!   not matter.
+//!   not matter. A window's count is kept until one window *after* its end, since the
+//!   sliding estimate still reads it then. A stored value carries its expiry in
+//!   caller time, so it reads as absent from that `now` on, whatever the backend's
+//!   own clock says.
 //! * When the backend cannot answer, operations return [`CountersError::Unavailable`]
 //!   quickly (the Redis backend bounds every command by a timeout). Callers **fail
 //!   closed**: a limit that cannot be checked is treated as exceeded.
@@ -43,7 +50,8 @@
 //! its prefix), a hashed IP /64, an account's keyed hash, a country *code* (`cc:44`).
 //! A raw E.164 number is never a key. As a safety net, keys that look like one (a `+`
 //! followed by a digit) are refused with [`CountersError::InvalidKey`], and error
-//! messages never repeat the key.
+//! messages never repeat the key. Stored values follow the same rule (and the same
+//! check, [`check_value`]).
 //!
 //! ## GCRA, in one place
 //!
@@ -71,6 +79,9 @@ pub use redis::RedisCounters;
 
 /// The longest rate period or window accepted; longer values are clamped to it.
 pub const MAX_PERIOD_MS: i64 = 366 * 24 * 3600 * 1000;
+
+/// The longest value [`Counters::put_if_absent`] accepts, in bytes.
+pub const MAX_VALUE_LEN: usize = 200;
 
 /// The longest key accepted, in bytes. Keys are hashes and short tags, so this only
 /// stops a caller bug from turning into unbounded memory.
@@ -246,6 +257,45 @@ pub fn check_key(key: &str) -> CountersResult<()> {
     Ok(())
 }
 
+/// Checks a value for [`Counters::put_if_absent`]: at most [`MAX_VALUE_LEN`] bytes
+/// and, like a key, nothing that looks like a phone number.
+pub fn check_value(value: &str) -> CountersResult<()> {
+    if value.len() > MAX_VALUE_LEN {
+        return Err(CountersError::InvalidArgument(
+            "value longer than 200 bytes",
+        ));
+    }
+    let bytes = value.as_bytes();
+    if bytes
+        .windows(2)
+        .any(|w| w[0] == b'+' && w[1].is_ascii_digit())
+    {
+        return Err(CountersError::InvalidArgument(
+            "value looks like a phone number",
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_ttl(ttl_ms: i64) -> CountersResult<i64> {
+    if ttl_ms <= 0 {
+        return Err(CountersError::InvalidArgument("ttl must be positive"));
+    }
+    Ok(ttl_ms.min(MAX_PERIOD_MS))
+}
+
+/// What [`Counters::put_if_absent`] found or stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The value the key holds after the call: the caller's if `created`, otherwise
+    /// the one stored earlier.
+    pub value: String,
+    /// Whether this call stored it (the key held no live value).
+    pub created: bool,
+    /// Caller time (ms) from which the held value reads as absent.
+    pub expires_at: Millis,
+}
+
 pub(crate) fn check_window(window_ms: i64) -> CountersResult<i64> {
     if window_ms <= 0 {
         return Err(CountersError::InvalidArgument("window must be positive"));
@@ -273,7 +323,8 @@ pub trait Counters: Send + Sync + 'static {
     ) -> CountersResult<GcraDecision>;
 
     /// Adds `by` to the fixed window of `window_ms` that contains `now` and returns the
-    /// new count. The window's state expires when the window ends.
+    /// new count. The window's state is kept until one window after the window ends
+    /// (the sliding estimate reads the previous window), then expires.
     async fn incr_window(
         &self,
         key: &str,
@@ -291,13 +342,33 @@ pub trait Counters: Send + Sync + 'static {
     /// of refusing.
     async fn get_sliding(&self, key: &str, window_ms: i64, now: Millis) -> CountersResult<u64> {
         let window_ms = check_window(window_ms)?;
-        let current = self.get_window(key, window_ms, now).await?;
-        let previous = self.get_window(key, window_ms, now - window_ms).await?;
+        // Both reads at once: one round trip on a networked backend.
+        let (current, previous) = tokio::join!(
+            self.get_window(key, window_ms, now),
+            self.get_window(key, window_ms, now - window_ms),
+        );
+        let (current, previous) = (current?, previous?);
         let (_, left) = window_of(window_ms, now);
         // The previous window overlaps the sliding one by `left` ms out of `window_ms`.
         let weighted = (u128::from(previous) * left as u128).div_ceil(window_ms as u128);
         Ok(current.saturating_add(u64::try_from(weighted).unwrap_or(u64::MAX)))
     }
+
+    /// Stores `value` under `key` until `now + ttl_ms` unless the key already holds a
+    /// value that is live at `now`; atomic, so of several concurrent callers (also on
+    /// several instances) exactly one sees `created`. Values obey the rules for keys
+    /// ([`check_value`]). Value keys are a namespace of their own: the same key in
+    /// [`Counters::incr_window`] or [`Counters::gcra`] is another piece of state.
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        value: &str,
+        ttl_ms: i64,
+        now: Millis,
+    ) -> CountersResult<Stored>;
+
+    /// The value under `key` if it is live at `now`.
+    async fn get_value(&self, key: &str, now: Millis) -> CountersResult<Option<String>>;
 
     /// Whether the backend answers; for `/readyz`.
     async fn ping(&self) -> CountersResult<()>;

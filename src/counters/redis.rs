@@ -14,8 +14,11 @@
 //!   `ConnectionManager`: one multiplexed connection, re-established in the background
 //!   after it drops. A command that times out after reaching Redis may still have been
 //!   applied; failing closed makes that harmless.
-//! * **Keys** are `rf:g:<key>` (a GCRA TAT in µs) and `rf:w:<window_ms>:<index>:<key>`
-//!   (a window count). With `maxmemory`, use `maxmemory-policy volatile-ttl`: every key
+//! * **Keys** are `rf:g:<key>` (a GCRA TAT in µs), `rf:w:<window_ms>:<index>:<key>`
+//!   (a window count, kept one window past its end for the sliding estimate) and
+//!   `rf:v:<key>` (a stored value: a hash of the value `v` and its expiry `exp` in
+//!   caller time, so that it reads as absent from the caller's `now` on even when
+//!   Redis's own clock has not yet expired it). With `maxmemory`, use `maxmemory-policy volatile-ttl`: every key
 //!   here has a TTL, and that policy evicts the one closest to expiry first, as the
 //!   memory backend does.
 
@@ -27,8 +30,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 
 use super::{
-    check_key, check_window, gcra_step, redact, window_of, Counters, CountersError, CountersResult,
-    GcraDecision, Rate,
+    check_key, check_ttl, check_value, check_window, gcra_step, redact, window_of, Counters,
+    CountersError, CountersResult, GcraDecision, Rate, Stored,
 };
 use crate::clock::Millis;
 
@@ -65,10 +68,29 @@ return {0, stored}
 
 /// INCRBY and PEXPIRE in one step, so a counter can never be left without expiry.
 const WINDOW_LUA: &str = r#"
--- KEYS[1]: the window's count  ARGV[1]: increment  ARGV[2]: ms left in the window
+-- KEYS[1]: the window's count  ARGV[1]: increment
+-- ARGV[2]: ms until the count may go (the window's end plus one window)
 local n = redis.call('INCRBY', KEYS[1], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return n
+"#;
+
+/// Set-if-absent with an expiry in caller time, in one step. Comparing the stored
+/// expiry with the caller's `now` (rather than relying on the TTL alone) makes the
+/// answer follow the caller's clock, as the memory backend does; the TTL only
+/// collects the garbage.
+const PUT_IF_ABSENT_LUA: &str = r#"
+-- KEYS[1]: a hash {v = value, exp = caller-time expiry in ms}
+-- ARGV[1]: value  ARGV[2]: now (ms)  ARGV[3]: ttl (ms)
+local held = redis.call('HMGET', KEYS[1], 'v', 'exp')
+if held[1] and held[2] and tonumber(held[2]) > tonumber(ARGV[2]) then
+  return {0, held[1], held[2]}
+end
+local exp = string.format('%.0f', tonumber(ARGV[2]) + tonumber(ARGV[3]))
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'exp', exp)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {1, ARGV[1], exp}
 "#;
 
 pub struct RedisCounters {
@@ -76,6 +98,7 @@ pub struct RedisCounters {
     timeout: Duration,
     gcra: Script,
     window: Script,
+    put_if_absent: Script,
     /// The URL with any password hidden, for error messages.
     target: String,
 }
@@ -115,6 +138,7 @@ impl RedisCounters {
             timeout,
             gcra: Script::new(GCRA_LUA),
             window: Script::new(WINDOW_LUA),
+            put_if_absent: Script::new(PUT_IF_ABSENT_LUA),
             target,
         })
     }
@@ -193,7 +217,7 @@ impl Counters for RedisCounters {
         let by = i64::try_from(by).unwrap_or(i64::MAX);
         let mut conn = self.conn.clone();
         let mut call = self.window.key(format!("rf:w:{window_ms}:{index}:{key}"));
-        call.arg(by).arg(left);
+        call.arg(by).arg(left.saturating_add(window_ms));
         let n: i64 = self
             .run("incr_window", call.invoke_async(&mut conn))
             .await?;
@@ -209,6 +233,48 @@ impl Counters for RedisCounters {
         cmd.arg(format!("rf:w:{window_ms}:{index}:{key}"));
         let n: Option<i64> = self.run("get_window", cmd.query_async(&mut conn)).await?;
         Ok(n.unwrap_or(0).max(0) as u64)
+    }
+
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        value: &str,
+        ttl_ms: i64,
+        now: Millis,
+    ) -> CountersResult<Stored> {
+        check_key(key)?;
+        check_value(value)?;
+        let ttl_ms = check_ttl(ttl_ms)?;
+        let mut conn = self.conn.clone();
+        let mut call = self.put_if_absent.key(format!("rf:v:{key}"));
+        call.arg(value).arg(now).arg(ttl_ms);
+        let (created, value, expires_at): (i64, String, String) = self
+            .run("put_if_absent", call.invoke_async(&mut conn))
+            .await?;
+        let expires_at = expires_at.parse::<Millis>().map_err(|_| {
+            CountersError::Backend("redis put_if_absent: stored expiry is not an integer".into())
+        })?;
+        Ok(Stored {
+            value,
+            created: created == 1,
+            expires_at,
+        })
+    }
+
+    async fn get_value(&self, key: &str, now: Millis) -> CountersResult<Option<String>> {
+        check_key(key)?;
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(format!("rf:v:{key}")).arg("v").arg("exp");
+        let (value, expires_at): (Option<String>, Option<String>) =
+            self.run("get_value", cmd.query_async(&mut conn)).await?;
+        let (Some(value), Some(expires_at)) = (value, expires_at) else {
+            return Ok(None);
+        };
+        let expires_at = expires_at.parse::<Millis>().map_err(|_| {
+            CountersError::Backend("redis get_value: stored expiry is not an integer".into())
+        })?;
+        Ok((expires_at > now).then_some(value))
     }
 
     async fn ping(&self) -> CountersResult<()> {
