@@ -53,6 +53,7 @@ pub struct AppState {
     pub api_keys: Arc<ApiKeyCache>,
     pub settings: Arc<Settings>,
     pub counters: Arc<dyn Counters>,
+    pub abuse: Arc<crate::abuse::Engine>,
 }
 
 /// API keys, cached for a short time so a request does not cost a database read.
@@ -193,6 +194,21 @@ pub async fn ensure_default_service(store: &dyn Store, now: Millis) -> anyhow::R
     }
 }
 
+/// Says, at start, which services still send to every region: pumping fraud goes where
+/// a platform never had users, so a region list is the first defence to set.
+async fn warn_about_open_services(store: &dyn Store) -> anyhow::Result<()> {
+    for s in store.list_services().await? {
+        if s.config.abuse.geo.open_anywhere() {
+            tracing::warn!(
+                service = %s.config.name,
+                "this service sends to every region on some channel; set abuse.geo \
+                 (PATCH /v1/services/{{id}}) to the regions it serves"
+            );
+        }
+    }
+    Ok(())
+}
+
 pub struct AppOptions {
     pub listen: SocketAddr,
     pub store: Arc<dyn Store>,
@@ -216,12 +232,14 @@ pub struct Application {
 impl Application {
     pub async fn build(opts: AppOptions) -> anyhow::Result<Self> {
         ensure_default_service(opts.store.as_ref(), opts.clock.now()).await?;
+        warn_about_open_services(opts.store.as_ref()).await?;
         let listener = TcpListener::bind(opts.listen)
             .await
             .map_err(|e| anyhow::anyhow!("listen: cannot bind {}: {e}", opts.listen))?;
         let ttl = opts.settings.cache_ttl_ms;
         let lease_ms = i64::try_from(opts.worker.lease.as_millis()).unwrap_or(i64::MAX);
         let (outbox, handoffs) = OutboxHandle::new(HANDOFF_CAPACITY, lease_ms);
+        let pseudonyms = opts.keys.blind.clone();
         let state = AppState {
             services: Arc::new(ServiceCache::new(opts.store.clone(), ttl)),
             api_keys: Arc::new(ApiKeyCache::new(opts.store.clone(), ttl)),
@@ -230,6 +248,7 @@ impl Application {
             clock: opts.clock,
             outbox,
             settings: Arc::new(opts.settings),
+            abuse: Arc::new(crate::abuse::Engine::new(opts.counters.clone(), pseudonyms)),
             counters: opts.counters,
         };
         Ok(Self {

@@ -70,6 +70,7 @@ conformance!(
     gcra_refusal_does_not_consume,
     gcra_keys_and_rates_are_independent,
     gcra_cost_spends_several_or_nothing,
+    gcra_refund_gives_back_but_never_builds_credit,
     gcra_is_atomic_under_concurrency,
     windows_count_and_expire_with_the_window,
     window_increments_are_atomic_under_concurrency,
@@ -181,6 +182,37 @@ async fn gcra_cost_spends_several_or_nothing(c: Arc<dyn Counters>) {
             .await
             .unwrap()
             .allowed
+    );
+}
+
+async fn gcra_refund_gives_back_but_never_builds_credit(c: Arc<dyn Counters>) {
+    let clock = ManualClock::starting_now();
+    let key = format!("{}:guess", prefix());
+    let rate = Rate::per_minute(2); // one every 30 s
+    assert!(c.gcra(&key, rate, clock.now()).await.unwrap().allowed);
+    assert!(c.gcra(&key, rate, clock.now()).await.unwrap().allowed);
+    assert!(!c.gcra(&key, rate, clock.now()).await.unwrap().allowed);
+    // One given back: one more admitted, and then no more.
+    c.gcra_refund(&key, rate, 1, clock.now()).await.unwrap();
+    let d = c.gcra(&key, rate, clock.now()).await.unwrap();
+    assert_eq!((d.allowed, d.remaining), (true, 0));
+    assert!(!c.gcra(&key, rate, clock.now()).await.unwrap().allowed);
+    // Refunds past a full budget are lost, not banked.
+    for _ in 0..5 {
+        c.gcra_refund(&key, rate, 1, clock.now()).await.unwrap();
+    }
+    let d = c.gcra(&key, rate, clock.now()).await.unwrap();
+    assert_eq!(
+        (d.allowed, d.remaining),
+        (true, 1),
+        "the burst is the ceiling"
+    );
+    // A refund on a key never used is a no-op.
+    let fresh = format!("{}:fresh", prefix());
+    c.gcra_refund(&fresh, rate, 3, clock.now()).await.unwrap();
+    assert_eq!(
+        c.gcra(&fresh, rate, clock.now()).await.unwrap().remaining,
+        1
     );
 }
 

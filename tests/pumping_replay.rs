@@ -324,6 +324,18 @@ impl Counters for Namespaced {
         self.inner.gcra_cost(&self.key(key), rate, cost, now).await
     }
 
+    async fn gcra_refund(
+        &self,
+        key: &str,
+        rate: Rate,
+        cost: u32,
+        now: Millis,
+    ) -> CountersResult<()> {
+        self.inner
+            .gcra_refund(&self.key(key), rate, cost, now)
+            .await
+    }
+
     async fn incr_window(
         &self,
         key: &str,

@@ -207,6 +207,29 @@ impl Counters for MemoryCounters {
         Ok(decision)
     }
 
+    async fn gcra_refund(
+        &self,
+        key: &str,
+        rate: Rate,
+        cost: u32,
+        now: Millis,
+    ) -> CountersResult<()> {
+        check_key(key)?;
+        let k = gcra_key(key);
+        let mut shard = self.shard(&k);
+        if let Some(tat) = shard.get_int(&k, now) {
+            let now_us = now.saturating_mul(1000);
+            let back = rate.interval_us().saturating_mul(i64::from(cost));
+            let new_tat = tat.saturating_sub(back).max(now_us);
+            let entry = Entry {
+                value: Value::Int(new_tat),
+                expires_at: new_tat.div_euclid(1000) + 1,
+            };
+            shard.put(k, entry, self.per_shard, now);
+        }
+        Ok(())
+    }
+
     async fn incr_window(
         &self,
         key: &str,

@@ -312,6 +312,17 @@ pub trait Counters: Send + Sync + 'static {
         self.gcra_cost(key, rate, 1, now).await
     }
 
+    /// Gives back `cost` requests spent earlier with the same rate (a check whose code
+    /// turned out right, when only wrong ones should count): the TAT moves back by
+    /// `cost` intervals, never before `now`, so a refund cannot build up credit.
+    async fn gcra_refund(
+        &self,
+        key: &str,
+        rate: Rate,
+        cost: u32,
+        now: Millis,
+    ) -> CountersResult<()>;
+
     /// Spends `cost` requests at once (e.g. the parts of a long SMS) if the rate admits
     /// them all; otherwise spends nothing. A cost above `rate.limit` is never admitted.
     async fn gcra_cost(

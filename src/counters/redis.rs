@@ -66,6 +66,21 @@ end
 return {0, stored}
 "#;
 
+const GCRA_REFUND_LUA: &str = r#"
+-- KEYS[1]: the key's TAT (µs)  ARGV[1]: now (µs)  ARGV[2]: interval * cost (µs)
+local stored = redis.call('GET', KEYS[1])
+if not stored then return 0 end
+local now = tonumber(ARGV[1])
+local tat = tonumber(stored) - tonumber(ARGV[2])
+if tat <= now then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+local ttl_ms = math.floor((tat - now) / 1000) + 1
+redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', string.format('%.0f', ttl_ms))
+return 1
+"#;
+
 /// INCRBY and PEXPIRE in one step, so a counter can never be left without expiry.
 const WINDOW_LUA: &str = r#"
 -- KEYS[1]: the window's count  ARGV[1]: increment
@@ -97,6 +112,7 @@ pub struct RedisCounters {
     conn: ConnectionManager,
     timeout: Duration,
     gcra: Script,
+    gcra_refund: Script,
     window: Script,
     put_if_absent: Script,
     /// The URL with any password hidden, for error messages.
@@ -137,6 +153,7 @@ impl RedisCounters {
             conn,
             timeout,
             gcra: Script::new(GCRA_LUA),
+            gcra_refund: Script::new(GCRA_REFUND_LUA),
             window: Script::new(WINDOW_LUA),
             put_if_absent: Script::new(PUT_IF_ABSENT_LUA),
             target,
@@ -202,6 +219,24 @@ impl Counters for RedisCounters {
             ));
         }
         Ok(decision)
+    }
+
+    async fn gcra_refund(
+        &self,
+        key: &str,
+        rate: Rate,
+        cost: u32,
+        now: Millis,
+    ) -> CountersResult<()> {
+        check_key(key)?;
+        let mut conn = self.conn.clone();
+        let mut call = self.gcra_refund.key(format!("rf:g:{key}"));
+        call.arg(now.saturating_mul(1000))
+            .arg(rate.interval_us().saturating_mul(i64::from(cost)));
+        let _: i64 = self
+            .run("gcra refund", call.invoke_async(&mut conn))
+            .await?;
+        Ok(())
     }
 
     async fn incr_window(

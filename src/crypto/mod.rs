@@ -182,6 +182,20 @@ impl BlindIndexer {
         mac.update(e164.as_bytes());
         BlindIndex(mac.finalize().into_bytes().into())
     }
+
+    /// A pseudonym for another identifier (an IP network, an account reference, a
+    /// device id, a number prefix): keyed like the blind index, with a domain so that no
+    /// two kinds can collide with each other or with a number's index. 128 bits in hex,
+    /// short enough for a counter key.
+    pub fn pseudonym(&self, domain: &str, value: &[u8]) -> String {
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(self.0.expose())
+            .expect("HMAC takes any key length");
+        mac.update(b"pseudonym\0");
+        mac.update(domain.as_bytes());
+        mac.update(b"\0");
+        mac.update(value);
+        hex::encode(&mac.finalize().into_bytes()[..16])
+    }
 }
 
 /// Hashes one-time codes under the pepper, bound to the verification id.

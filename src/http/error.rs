@@ -71,6 +71,12 @@ pub enum ApiError {
     MaxAttemptsReached { retry_after_ms: i64 },
     #[error("too many wrong codes for this number recently; try again later")]
     VerificationLocked { retry_after_ms: i64 },
+    #[error("numbers of type {0} may not receive this channel on this service")]
+    NumberTypeNotAllowed(&'static str),
+    #[error("this service does not send to region {0} on this channel")]
+    RegionNotAllowed(String),
+    #[error("rate limit {} reached; try again later", .0.name)]
+    RateLimited(crate::abuse::LimitState),
     #[error("temporarily unavailable; retry later")]
     Unavailable(String),
     #[error("internal error")]
@@ -118,6 +124,9 @@ impl ApiError {
             MaxSendsReached { .. } => (StatusCode::TOO_MANY_REQUESTS, "max_sends_reached"),
             MaxAttemptsReached { .. } => (StatusCode::TOO_MANY_REQUESTS, "max_attempts_reached"),
             VerificationLocked { .. } => (StatusCode::TOO_MANY_REQUESTS, "verification_locked"),
+            NumberTypeNotAllowed(_) => (StatusCode::FORBIDDEN, "number_type_not_allowed"),
+            RegionNotAllowed(_) => (StatusCode::FORBIDDEN, "region_not_allowed"),
+            RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -129,6 +138,7 @@ impl ApiError {
             | Self::MaxSendsReached { retry_after_ms }
             | Self::MaxAttemptsReached { retry_after_ms }
             | Self::VerificationLocked { retry_after_ms } => Some(*retry_after_ms),
+            Self::RateLimited(l) => Some(l.retry_after_ms.unwrap_or(1000)),
             Self::Unavailable(_) => Some(1000),
             _ => None,
         }
@@ -164,6 +174,9 @@ impl ApiError {
         "max_sends_reached",
         "max_attempts_reached",
         "verification_locked",
+        "number_type_not_allowed",
+        "region_not_allowed",
+        "rate_limited",
         "unavailable",
         "internal",
     ];
@@ -181,12 +194,39 @@ impl IntoResponse for ApiError {
         };
         let mut res = status.into_response();
         if let Some(ms) = self.retry_after_ms() {
-            let secs = ((ms.max(0) + 999) / 1000).max(1);
             res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                .insert(header::RETRY_AFTER, HeaderValue::from(ceil_secs(ms).max(1)));
+        }
+        if let Self::RateLimited(l) = &self {
+            rate_limit_headers(res.headers_mut(), l);
         }
         res.extensions_mut().insert(ErrorBody { code, message });
         res
+    }
+}
+
+fn ceil_secs(ms: i64) -> i64 {
+    (ms.max(0) + 999) / 1000
+}
+
+/// The IETF RateLimit header fields (draft-ietf-httpapi-ratelimit-headers-11) for the
+/// limit that decided the request: `RateLimit-Policy: "sends_per_ip";q=20;w=300` and
+/// `RateLimit: "sends_per_ip";r=0;t=15`.
+pub fn rate_limit_headers(h: &mut axum::http::HeaderMap, l: &crate::abuse::LimitState) {
+    let policy = format!(
+        "\"{}\";q={};w={}",
+        l.name, l.spec.limit, l.spec.period_seconds
+    );
+    let current = format!(
+        "\"{}\";r={};t={}",
+        l.name,
+        l.remaining,
+        ceil_secs(l.reset_after_ms)
+    );
+    for (name, value) in [("ratelimit-policy", policy), ("ratelimit", current)] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
     }
 }
 

@@ -12,6 +12,8 @@ use utoipa::ToSchema;
 
 use super::extract::{AdminCaller, ApiJson, ApiPath};
 use super::{validate, ApiError};
+use crate::abuse::policy::{AccountsPolicy, GeoPolicy, Limits, NumberTypes};
+use crate::abuse::AbusePolicy;
 use crate::app::{new_service_id, AppState};
 use crate::clock::rfc3339;
 use crate::store::ServiceRecord;
@@ -65,6 +67,31 @@ pub struct ServiceInput {
     #[schema(value_type = Option<String>)]
     pub android_app_hash: Option<Option<String>>,
     pub test_numbers: Option<Vec<TestNumberInput>>,
+    /// Anti-abuse policy. `abuse.geo` is required when creating a service: a new
+    /// service sends only where it is told to.
+    pub abuse: Option<AbuseInput>,
+}
+
+/// Anti-abuse settings of a service; absent parts stay as they are (on creation: the
+/// defaults, see the API guide).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AbuseInput {
+    /// `strict`: mobile numbers only, SMS only (sets `number_types` and `channels`).
+    pub preset: Option<Preset>,
+    pub number_types: Option<NumberTypes>,
+    pub geo: Option<GeoPolicy>,
+    pub limits: Option<Limits>,
+    pub accounts: Option<AccountsPolicy>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    /// The defaults: mobiles and fixed-or-mobile numbers; voice also fixed lines.
+    Default,
+    /// Mobile numbers only, SMS only.
+    Strict,
 }
 
 /// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -91,6 +118,7 @@ pub struct ServiceView {
     pub webotp_domain: Option<String>,
     pub android_app_hash: Option<String>,
     pub test_numbers: Vec<TestNumberView>,
+    pub abuse: AbusePolicy,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -126,13 +154,47 @@ impl From<&ServiceRecord> for ServiceView {
                     code: t.code.clone(),
                 })
                 .collect(),
+            abuse: c.abuse.clone(),
             created_at: rfc3339(r.created_at),
             updated_at: rfc3339(r.updated_at),
         }
     }
 }
 
-fn to_patch(st: &AppState, i: ServiceInput) -> Result<ServicePatch, ApiError> {
+/// The change `i` asks for, on a service whose policy is now `base_abuse`.
+fn to_patch(
+    st: &AppState,
+    i: ServiceInput,
+    base_abuse: &AbusePolicy,
+) -> Result<ServicePatch, ApiError> {
+    let mut channels = i.channels;
+    let abuse = match i.abuse {
+        None => None,
+        Some(a) => {
+            let mut p = base_abuse.clone();
+            match a.preset {
+                Some(Preset::Strict) => {
+                    p.number_types = NumberTypes::strict();
+                    channels = Some(vec![Channel::Sms]);
+                }
+                Some(Preset::Default) => p.number_types = NumberTypes::default(),
+                None => {}
+            }
+            if let Some(t) = a.number_types {
+                p.number_types = t;
+            }
+            if let Some(g) = a.geo {
+                p.geo = g;
+            }
+            if let Some(l) = a.limits {
+                p.limits = l;
+            }
+            if let Some(acc) = a.accounts {
+                p.accounts = acc;
+            }
+            Some(p)
+        }
+    };
     let test_numbers = match i.test_numbers {
         None => None,
         Some(list) => {
@@ -162,12 +224,13 @@ fn to_patch(st: &AppState, i: ServiceInput) -> Result<ServicePatch, ApiError> {
         max_sends: i.max_sends,
         resend_cooldown_seconds: i.resend_cooldown_seconds,
         lockout_seconds: i.lockout_seconds,
-        channels: i.channels,
+        channels,
         default_locale: i.default_locale,
         templates: i.templates,
         webotp_domain: i.webotp_domain,
         android_app_hash: i.android_app_hash,
         test_numbers,
+        abuse,
     })
 }
 
@@ -190,8 +253,16 @@ pub async fn create(
         .name
         .clone()
         .ok_or_else(|| ApiError::InvalidServiceConfig("name: required".into()))?;
-    let patch = to_patch(&st, input)?;
+    if input.abuse.as_ref().is_none_or(|a| a.geo.is_none()) {
+        return Err(ApiError::InvalidServiceConfig(
+            "abuse.geo: required when creating a service: the regions each channel may reach \
+             ({\"allowlist_only\": {\"allowed_regions\": [...]}}) or may not reach \
+             ({\"allow_by_default\": {\"disallowed_regions\": [...]}})"
+                .into(),
+        ));
+    }
     let mut base = ServiceConfig::default_named(&name);
+    let patch = to_patch(&st, input, &base.abuse)?;
     if patch.friendly_name.is_none() {
         base.friendly_name = name.clone();
     }
@@ -264,7 +335,7 @@ pub async fn update(
         .get_service(&id)
         .await?
         .ok_or(ApiError::ServiceNotFound)?;
-    let patch = to_patch(&st, input)?;
+    let patch = to_patch(&st, input, &current.config.abuse)?;
     let config = current
         .config
         .apply(patch)

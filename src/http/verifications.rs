@@ -16,6 +16,7 @@ use utoipa::ToSchema;
 
 use super::extract::{ApiJson, ApiPath, VerifyCaller};
 use super::{masked_number, validate, ApiError};
+use crate::abuse::{Action, Decision, Reason, SendContext};
 use crate::app::AppState;
 use crate::clock::{rfc3339, Millis};
 use crate::crypto::{self, BlindIndex, DataKey};
@@ -24,7 +25,7 @@ use crate::store::{
     CancelOutcome, CheckOutcome, IdempotencyCmd, NewSubject, Reseal, Sealed, SendAttempt, StartCmd,
     StartOutcome, SubjectSecrets, VerificationRow,
 };
-use crate::verify::{Channel, OtpCode, Status};
+use crate::verify::{Channel, OtpCode, Status, VerifyError};
 
 /// Start a verification (or send a new code on the pending one).
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
@@ -222,6 +223,20 @@ impl Sealer {
     }
 }
 
+/// The error a refused send answers with.
+fn refusal(d: &Decision, number: &E164) -> ApiError {
+    match (d.reasons.first(), &d.limit) {
+        (Some(Reason::RateLimited), Some(l)) => ApiError::RateLimited(l.clone()),
+        (Some(Reason::RegionNotAllowed), _) => {
+            ApiError::RegionNotAllowed(number.region().unwrap_or("001").to_owned())
+        }
+        (Some(Reason::NumberTypeNotAllowed), _) => {
+            ApiError::NumberTypeNotAllowed(number.number_type().as_str())
+        }
+        _ => ApiError::Internal("a refused send without a reason".into()),
+    }
+}
+
 /// Counts a send before it is queued, per country over an hour (for the spend budget
 /// and the pumping detector; per-number limits come with the anti-abuse engine). If the
 /// counters cannot be reached, nothing is sent: 503 `unavailable`. A start that is then
@@ -321,7 +336,34 @@ pub async fn start(
         };
         serde_json::to_vec(&s).expect("signals serialise")
     });
+    // Test numbers never count and are never judged.
+    let mut limit = None;
     if test_code.is_none() {
+        let cx = SendContext {
+            service_id: &service.id,
+            number: &number,
+            blind_index: &bi,
+            channel: body.channel,
+            ip: ip.as_deref().and_then(|v| v.parse().ok()),
+            account_ref: account_ref.as_deref(),
+            device_id: device_id.as_deref(),
+        };
+        let decision = st
+            .abuse
+            .decide_send(&service.config.abuse, &cx, now)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("counters: {e}")))?;
+        if decision.action != Action::Allow {
+            tracing::info!(
+                subject = %bi.short(),
+                region = number.region().unwrap_or("-"),
+                action = ?decision.action,
+                reasons = ?decision.reasons,
+                "send refused"
+            );
+            return Err(refusal(&decision, &number));
+        }
+        limit = decision.limit;
         meter_send(&st, number.country_code(), now).await?;
     }
     // When the worker has room, the message is queued claimed and handed over from
@@ -383,11 +425,15 @@ pub async fn start(
                 resent,
                 "verification started"
             );
-            Ok((
+            let mut res = (
                 StatusCode::CREATED,
                 Json(VerificationView::new(&verification, masked, now)),
             )
-                .into_response())
+                .into_response();
+            if let Some(l) = &limit {
+                super::error::rate_limit_headers(res.headers_mut(), l);
+            }
+            Ok(res)
         }
         StartOutcome::Replayed(verification) => {
             let mut res = (
@@ -407,7 +453,44 @@ pub async fn start(
 async fn check_by_id(st: &AppState, id: &str, code: &str) -> Result<Response, ApiError> {
     let now = st.clock.now();
     let code = OtpCode::parse(code).ok_or(ApiError::InvalidCode)?;
-    let outcome = st.store.check_verification(id, code, now).await?;
+    // A wrong code of the number's budget is reserved before the code is compared, and
+    // given back if it was right. Without the counters, checks go on with only each
+    // verification's own attempt limit (enforced by the database).
+    let (bi, service_id) = st
+        .store
+        .verification_owner(id)
+        .await?
+        .ok_or(ApiError::VerificationNotFound)?;
+    let policy = match st.services.get(&service_id, now).await? {
+        Some(s) => s.config.abuse.clone(),
+        None => return Err(ApiError::VerificationNotFound),
+    };
+    let reserved = match st.abuse.reserve_guess(&policy, &service_id, &bi, now).await {
+        Ok(Some(l)) if l.retry_after_ms.is_some() => {
+            tracing::info!(subject = %bi.short(), "check refused: the number's guess budget is spent");
+            return Err(ApiError::RateLimited(l));
+        }
+        Ok(l) => l.is_some(),
+        Err(e) => {
+            tracing::warn!(error = %e, "guess budget unavailable; checking with the per-verification limit only");
+            false
+        }
+    };
+    let outcome = st.store.check_verification(id, code, now).await;
+    let wrong = matches!(
+        outcome,
+        Ok(CheckOutcome::Wrong { .. })
+            | Ok(CheckOutcome::Refused {
+                why: VerifyError::MaxAttemptsReached { .. },
+                ..
+            })
+    );
+    if reserved && !wrong {
+        if let Err(e) = st.abuse.refund_guess(&policy, &service_id, &bi, now).await {
+            tracing::warn!(error = %e, "could not give back a guess reservation");
+        }
+    }
+    let outcome = outcome?;
     match outcome {
         CheckOutcome::NotFound => Err(ApiError::VerificationNotFound),
         CheckOutcome::Approved(v) => {

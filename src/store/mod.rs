@@ -380,6 +380,9 @@ pub trait Store: Send + Sync + 'static {
         service_id: &str,
         now: Millis,
     ) -> StoreResult<Option<String>>;
+    /// The blind index of a verification's number and its service id: what a check
+    /// needs to meter guesses per number before the code is compared.
+    async fn verification_owner(&self, id: &str) -> StoreResult<Option<(BlindIndex, String)>>;
     async fn cancel_verification(&self, id: &str, now: Millis) -> StoreResult<CancelOutcome>;
 
     async fn bind_account(

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::Millis;
 
 pub use code::OtpCode;
-pub use service::{ServiceConfig, ServicePatch, TestNumber};
+pub use service::{ConfigError, ServiceConfig, ServicePatch, TestNumber};
 
 /// How a code reaches the person.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]

@@ -41,6 +41,9 @@ pub struct ServiceConfig {
     pub webotp_domain: Option<String>,
     pub android_app_hash: Option<String>,
     pub test_numbers: Vec<TestNumber>,
+    /// Number types, regions, rate limits and the accounts cap (anti-abuse).
+    #[serde(default)]
+    pub abuse: crate::abuse::AbusePolicy,
 }
 
 /// A change to a service; absent fields stay as they are. `Some(None)` clears an
@@ -61,6 +64,7 @@ pub struct ServicePatch {
     pub webotp_domain: Option<Option<String>>,
     pub android_app_hash: Option<Option<String>>,
     pub test_numbers: Option<Vec<TestNumber>>,
+    pub abuse: Option<crate::abuse::AbusePolicy>,
 }
 
 /// A configuration value out of range; `field` is the API field name.
@@ -97,6 +101,7 @@ impl ServiceConfig {
             webotp_domain: None,
             android_app_hash: None,
             test_numbers: Vec::new(),
+            abuse: crate::abuse::AbusePolicy::default(),
         }
     }
 
@@ -119,13 +124,15 @@ impl ServiceConfig {
             templates,
             webotp_domain,
             android_app_hash,
-            test_numbers
+            test_numbers,
+            abuse
         );
         c.validate()?;
         Ok(c)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.abuse.validate()?;
         let name_ok = (1..=64).contains(&self.name.len())
             && self
                 .name

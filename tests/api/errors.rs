@@ -248,6 +248,39 @@ async fn every_error_code_in_the_catalogue_is_provoked_with_a_well_formed_envelo
         "verification_locked",
     );
 
+    // The anti-abuse engine's refusals.
+    cat.saw(
+        app.start("+445612345678").await,
+        403,
+        "number_type_not_allowed",
+    );
+    let only_fr = json!({ "allowlist_only": { "allowed_regions": ["FR"] } });
+    app.create_service(json!({
+        "name": "fr-only",
+        "resend_cooldown_seconds": 0,
+        "abuse": {
+            "geo": { "sms": only_fr, "voice": only_fr, "whatsapp": only_fr },
+            "limits": { "sends_per_number": { "limit": 1, "period_seconds": 60 } }
+        }
+    }))
+    .await
+    .assert_status(201);
+    cat.saw(
+        app.start_with(json!({ "to": UK_MOBILE, "service": "fr-only" }))
+            .await,
+        403,
+        "region_not_allowed",
+    );
+    app.start_with(json!({ "to": FR_MOBILE, "service": "fr-only" }))
+        .await
+        .assert_status(201);
+    cat.saw(
+        app.start_with(json!({ "to": FR_MOBILE, "service": "fr-only" }))
+            .await,
+        429,
+        "rate_limited",
+    );
+
     let all: BTreeSet<String> = ApiError::CODES.iter().map(|c| c.to_string()).collect();
     let exempt: BTreeSet<String> = NOT_PROVOKED.iter().map(|c| c.to_string()).collect();
     assert!(

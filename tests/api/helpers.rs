@@ -116,6 +116,15 @@ impl Resp {
         self.header("retry-after").and_then(|v| v.parse().ok())
     }
 
+    /// A string at a JSON pointer of the body (e.g. `/error/message`).
+    #[track_caller]
+    pub fn str_at(&self, pointer: &str) -> &str {
+        self.json
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no string at `{pointer}` in {} {}", self.status, self.text))
+    }
+
     /// A string field of the JSON body; panics (showing the body) if absent.
     #[track_caller]
     pub fn str(&self, key: &str) -> &str {
@@ -409,8 +418,30 @@ impl TestApp {
 
     // ------------------------------------------------------------ services
 
-    pub async fn create_service(&self, body: Value) -> Resp {
+    /// Creates a service; one created without an `abuse` policy may reach every region
+    /// (the API requires the geo rule: `create_service_raw` sends the body as given).
+    pub async fn create_service(&self, mut body: Value) -> Resp {
+        if body.get("abuse").is_none() {
+            let all = json!({ "allow_by_default": { "disallowed_regions": [] } });
+            body["abuse"] = json!({ "geo": { "sms": all, "voice": all, "whatsapp": all } });
+        }
+        self.create_service_raw(body).await
+    }
+
+    pub async fn create_service_raw(&self, body: Value) -> Resp {
         fetch(self.admin(Method::POST, "/v1/services").json(&body)).await
+    }
+
+    /// Switches off the default service's per-number guess budget, for tests of the
+    /// per-verification limits alone (racing checks would otherwise also meet the
+    /// budget: see `abuse.rs`).
+    pub async fn without_guess_budget(&self) {
+        self.patch_service(
+            "default",
+            json!({ "abuse": { "limits": { "wrong_codes_per_number": null } } }),
+        )
+        .await
+        .assert_status(200);
     }
 
     pub async fn patch_service(&self, id_or_name: &str, body: Value) -> Resp {

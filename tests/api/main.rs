@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod abuse;
 mod concurrency;
 mod counters;
 mod crash;

@@ -15,7 +15,7 @@ use rlibphonenumber::{
     ParseError, PhoneNumber, PhoneNumberFormat, PhoneNumberType, Region, RegionStr,
     PHONE_NUMBER_UTIL,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::carrier::carrier_for;
 use crate::conformance;
@@ -100,7 +100,7 @@ impl PhoneError {
 }
 
 /// What a number is used for, as libphonenumber classifies it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NumberType {
     FixedLine,

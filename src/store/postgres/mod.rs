@@ -538,6 +538,17 @@ impl Store for PgStore {
         .await?)
     }
 
+    async fn verification_owner(&self, id: &str) -> StoreResult<Option<(BlindIndex, String)>> {
+        let row: Option<(Vec<u8>, String)> = sqlx::query_as(
+            "SELECT s.blind_index, v.service_id FROM verifications v JOIN subjects s ON s.id = v.subject_id
+             WHERE v.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|(bi, service)| Some((BlindIndex::from_slice(&bi)?, service))))
+    }
+
     async fn cancel_verification(&self, id: &str, now: Millis) -> StoreResult<CancelOutcome> {
         let mut tx = self.pool.begin().await?;
         let n = sqlx::query(

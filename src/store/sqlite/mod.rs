@@ -307,6 +307,11 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn verification_owner(&self, id: &str) -> StoreResult<Option<(BlindIndex, String)>> {
+        let id = id.to_owned();
+        self.read(move |c| ops::verification_owner(c, &id)).await
+    }
+
     async fn cancel_verification(&self, id: &str, now: Millis) -> StoreResult<CancelOutcome> {
         let id = id.to_owned();
         self.writer.write(move |c| ops::cancel(c, &id, now)).await

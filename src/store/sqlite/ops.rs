@@ -589,6 +589,20 @@ pub fn find_pending(
         .optional()?)
 }
 
+pub fn verification_owner(c: &Connection, id: &str) -> StoreResult<Option<(BlindIndex, String)>> {
+    Ok(c
+        .prepare_cached(
+            "SELECT s.blind_index, v.service_id FROM verifications v JOIN subjects s ON s.id = v.subject_id
+             WHERE v.id = ?1",
+        )?
+        .query_row([id], |r| {
+            let bi: Vec<u8> = r.get(0)?;
+            Ok((bi, r.get::<_, String>(1)?))
+        })
+        .optional()?
+        .and_then(|(bi, service)| Some((BlindIndex::from_slice(&bi)?, service))))
+}
+
 pub fn cancel(c: &Connection, id: &str, now: Millis) -> StoreResult<CancelOutcome> {
     let n = c
         .prepare_cached(

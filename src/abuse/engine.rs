@@ -1,0 +1,330 @@
+//! Deciding one send, and metering wrong codes.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ringfence_phone::E164;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::policy::{AbusePolicy, RateSpec};
+use crate::clock::Millis;
+use crate::counters::{Counters, CountersError};
+use crate::crypto::{BlindIndex, BlindIndexer};
+use crate::verify::Channel;
+
+/// What happens to a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Allow,
+    Block,
+    /// Answer as if sent; send nothing (traffic judged fraudulent learns nothing).
+    ShadowBlock,
+}
+
+/// Why a send was not allowed: stable codes, in the API and in stored decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The number's type may not receive this channel (e.g. VoIP, premium rate).
+    NumberTypeNotAllowed,
+    /// The number's region is not allowed for this channel.
+    RegionNotAllowed,
+    /// A rate limit on one of the request's keys was reached.
+    RateLimited,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NumberTypeNotAllowed => "number_type_not_allowed",
+            Self::RegionNotAllowed => "region_not_allowed",
+            Self::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// One fact that weighed in a decision. Values are never personal data: a number
+/// type, a region, the name of a limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Factor {
+    pub name: &'static str,
+    pub value: String,
+}
+
+/// The state of the limit that decided (or came closest to deciding) a request, for
+/// the `RateLimit`, `RateLimit-Policy` and `Retry-After` headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitState {
+    /// The limit's name, e.g. `sends_per_ip`.
+    pub name: &'static str,
+    pub spec: RateSpec,
+    pub remaining: u32,
+    pub reset_after_ms: i64,
+    pub retry_after_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Decision {
+    pub action: Action,
+    pub reasons: Vec<Reason>,
+    pub factors: Vec<Factor>,
+    /// For the response headers; not stored.
+    #[serde(skip)]
+    pub limit: Option<LimitState>,
+}
+
+impl Decision {
+    fn allow(limit: Option<LimitState>) -> Self {
+        Self {
+            action: Action::Allow,
+            reasons: Vec::new(),
+            factors: Vec::new(),
+            limit,
+        }
+    }
+
+    fn block(reason: Reason, factors: Vec<Factor>, limit: Option<LimitState>) -> Self {
+        Self {
+            action: Action::Block,
+            reasons: vec![reason],
+            factors,
+            limit,
+        }
+    }
+}
+
+/// What the engine knows about one start.
+pub struct SendContext<'a> {
+    pub service_id: &'a str,
+    pub number: &'a E164,
+    pub blind_index: &'a BlindIndex,
+    pub channel: Channel,
+    pub ip: Option<IpAddr>,
+    pub account_ref: Option<&'a str>,
+    pub device_id: Option<&'a str>,
+}
+
+pub struct Engine {
+    counters: Arc<dyn Counters>,
+    pseudonyms: BlindIndexer,
+}
+
+/// The network an IP belongs to for rate limiting: an IPv4 address itself, an IPv6
+/// address's /64 (one subscriber's allocation: an attacker holds all of it).
+pub fn ip_group(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.octets().to_vec(),
+            None => v6.octets()[..8].to_vec(),
+        },
+    }
+}
+
+impl Engine {
+    pub fn new(counters: Arc<dyn Counters>, pseudonyms: BlindIndexer) -> Self {
+        Self {
+            counters,
+            pseudonyms,
+        }
+    }
+
+    /// Decides one send. The policy checks come first and cost nothing; then every rate
+    /// limit is spent in turn, most specific first, until one refuses. Errors only when
+    /// the counters cannot be reached: the caller fails closed.
+    pub async fn decide_send(
+        &self,
+        policy: &AbusePolicy,
+        cx: &SendContext<'_>,
+        now: Millis,
+    ) -> Result<Decision, CountersError> {
+        let number_type = cx.number.number_type();
+        if !policy.number_types.allows(cx.channel, number_type) {
+            return Ok(Decision::block(
+                Reason::NumberTypeNotAllowed,
+                vec![
+                    factor("number_type", number_type.as_str()),
+                    factor("channel", cx.channel.as_str()),
+                ],
+                None,
+            ));
+        }
+        let region = cx.number.region().unwrap_or("001");
+        if !policy.geo.rule(cx.channel).allows(region) {
+            return Ok(Decision::block(
+                Reason::RegionNotAllowed,
+                vec![
+                    factor("region", region),
+                    factor("channel", cx.channel.as_str()),
+                ],
+                None,
+            ));
+        }
+        let l = &policy.limits;
+        let national = cx.number.national_significant_number();
+        let prefix = &national[..national.len().saturating_sub(4)];
+        let mut keys: Vec<(&'static str, Option<RateSpec>, String)> = vec![
+            (
+                "sends_per_number",
+                l.sends_per_number,
+                hex::encode(&cx.blind_index.0[..16]),
+            ),
+            (
+                "sends_per_device",
+                l.sends_per_device,
+                self.pseudo(cx.device_id.map(str::as_bytes), "device"),
+            ),
+            (
+                "sends_per_account",
+                l.sends_per_account,
+                self.pseudo(cx.account_ref.map(str::as_bytes), "account"),
+            ),
+            (
+                "sends_per_ip",
+                l.sends_per_ip,
+                self.pseudo(cx.ip.map(ip_group).as_deref(), "ip"),
+            ),
+            (
+                "sends_per_prefix",
+                l.sends_per_prefix,
+                self.pseudonyms.pseudonym(
+                    "prefix",
+                    format!("{}:{prefix}", cx.number.country_code()).as_bytes(),
+                ),
+            ),
+            (
+                "sends_per_country",
+                l.sends_per_country,
+                cx.number.country_code().to_string(),
+            ),
+            ("sends_per_service", l.sends_per_service, String::new()),
+        ];
+        // Keys the request does not have (no IP given, no device) are skipped.
+        keys.retain(|(name, spec, key)| {
+            spec.is_some() && (!key.is_empty() || *name == "sends_per_service")
+        });
+        let mut tightest: Option<LimitState> = None;
+        for (name, spec, key) in keys {
+            let spec = spec.expect("retained only limits that are on");
+            let d = self
+                .counters
+                .gcra(
+                    &format!("rl:{}:{name}:{key}", cx.service_id),
+                    spec.rate(),
+                    now,
+                )
+                .await?;
+            let state = LimitState {
+                name,
+                spec,
+                remaining: d.remaining,
+                reset_after_ms: d.reset_after_ms,
+                retry_after_ms: d.retry_after_ms,
+            };
+            if !d.allowed {
+                return Ok(Decision::block(
+                    Reason::RateLimited,
+                    vec![factor("limit", name)],
+                    Some(state),
+                ));
+            }
+            if tightest
+                .as_ref()
+                .is_none_or(|t| state.remaining < t.remaining)
+            {
+                tightest = Some(state);
+            }
+        }
+        Ok(Decision::allow(tightest))
+    }
+
+    /// Reserves one wrong code of `subject`'s budget (per number, across all its
+    /// verifications and re-sends) before a code is compared; [`Engine::refund_guess`]
+    /// gives it back when the code was right. Reserving first makes the budget exact
+    /// under any concurrency: a guess that finds the budget spent is never compared.
+    /// `None` when the service has no such limit.
+    pub async fn reserve_guess(
+        &self,
+        policy: &AbusePolicy,
+        service_id: &str,
+        subject: &BlindIndex,
+        now: Millis,
+    ) -> Result<Option<LimitState>, CountersError> {
+        let Some(spec) = policy.limits.wrong_codes_per_number else {
+            return Ok(None);
+        };
+        let d = self
+            .counters
+            .gcra(&guess_key(service_id, subject), spec.rate(), now)
+            .await?;
+        Ok(Some(LimitState {
+            name: "wrong_codes_per_number",
+            spec,
+            remaining: d.remaining,
+            reset_after_ms: d.reset_after_ms,
+            retry_after_ms: if d.allowed {
+                None
+            } else {
+                d.retry_after_ms.or(Some(1000))
+            },
+        }))
+    }
+
+    /// Gives back a reservation whose code was right (or was never compared).
+    pub async fn refund_guess(
+        &self,
+        policy: &AbusePolicy,
+        service_id: &str,
+        subject: &BlindIndex,
+        now: Millis,
+    ) -> Result<(), CountersError> {
+        match policy.limits.wrong_codes_per_number {
+            Some(spec) => {
+                self.counters
+                    .gcra_refund(&guess_key(service_id, subject), spec.rate(), 1, now)
+                    .await
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn pseudo(&self, value: Option<&[u8]>, domain: &str) -> String {
+        value
+            .map(|v| self.pseudonyms.pseudonym(domain, v))
+            .unwrap_or_default()
+    }
+}
+
+fn guess_key(service_id: &str, subject: &BlindIndex) -> String {
+    format!(
+        "rl:{service_id}:wrong_codes_per_number:{}",
+        hex::encode(&subject.0[..16])
+    )
+}
+
+fn factor(name: &'static str, value: &str) -> Factor {
+    Factor {
+        name,
+        value: value.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_is_grouped_by_its_64_bit_network() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ip_group(a), ip_group(b));
+        assert_ne!(ip_group(a), ip_group(c));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(ip_group(v4), ip_group(mapped));
+        assert_ne!(ip_group(v4), ip_group("192.0.2.8".parse().unwrap()));
+    }
+}

@@ -1,0 +1,360 @@
+//! The anti-abuse engine over HTTP: number types, regions, rate limits on every key an
+//! attacker can vary (IPv6 grouped by /64), the per-number guess budget, and the
+//! headers that tell a client when to come back.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+const UK_VOIP: &str = "+445612345678";
+const UK_PREMIUM: &str = "+449098765432";
+const UK_TOLL_FREE: &str = "+448001234567";
+const CU_MOBILE: &str = "+5352345678";
+
+fn allow_all() -> Value {
+    json!({ "allow_by_default": { "disallowed_regions": [] } })
+}
+
+fn geo_everywhere() -> Value {
+    json!({ "sms": allow_all(), "voice": allow_all(), "whatsapp": allow_all() })
+}
+
+/// A service with only the given limit switched on (the others off), so each test sees
+/// one rule at a time.
+async fn service_with_limit(app: &TestApp, name: &str, limit: &str, n: u32, secs: u32) {
+    let mut limits = json!({
+        "sends_per_number": null, "sends_per_ip": null, "sends_per_account": null,
+        "sends_per_device": null, "sends_per_prefix": null, "sends_per_country": null,
+        "sends_per_service": null, "wrong_codes_per_number": null
+    });
+    limits[limit] = json!({ "limit": n, "period_seconds": secs });
+    app.create_service(json!({
+        "name": name,
+        "resend_cooldown_seconds": 0,
+        "abuse": { "geo": geo_everywhere(), "limits": limits }
+    }))
+    .await
+    .assert_status(201);
+}
+
+#[tokio::test]
+async fn costly_and_virtual_number_types_are_refused_by_default_and_nothing_is_sent() {
+    let app = spawn_app().await;
+    for number in [UK_VOIP, UK_PREMIUM, UK_TOLL_FREE] {
+        let r = app.start(number).await;
+        r.assert_error(403, "number_type_not_allowed");
+        assert!(!r.text.contains(&number[1..]), "the number is not echoed");
+    }
+    app.start(US_NUMBER).await.assert_status(201);
+    let counts = app.row_counts();
+    assert_eq!(
+        counts["verifications"], 1,
+        "refused starts store no verification"
+    );
+    assert!(app.messages_to(UK_VOIP).is_empty());
+}
+
+#[tokio::test]
+async fn the_strict_preset_takes_mobiles_only_and_sms_only() {
+    let app = spawn_app().await;
+    let svc = app
+        .create_service(json!({
+            "name": "strict",
+            "channels": ["sms", "voice"],
+            "abuse": { "preset": "strict", "geo": geo_everywhere() }
+        }))
+        .await;
+    svc.assert_status(201);
+    assert_eq!(
+        svc.json["channels"],
+        json!(["sms"]),
+        "strict means SMS only"
+    );
+    assert_eq!(svc.json["abuse"]["number_types"]["sms"], json!(["mobile"]));
+    // A NANP number cannot be told from a landline: refused by the strict preset.
+    app.start_with(json!({ "to": US_NUMBER, "service": "strict" }))
+        .await
+        .assert_error(403, "number_type_not_allowed");
+    app.start_with(json!({ "to": UK_MOBILE, "service": "strict" }))
+        .await
+        .assert_status(201);
+    app.start_with(json!({ "to": UK_MOBILE_2, "service": "strict", "channel": "voice" }))
+        .await
+        .assert_error(400, "channel_not_allowed");
+}
+
+#[tokio::test]
+async fn a_service_created_through_the_api_sends_only_to_the_regions_it_was_given() {
+    let app = spawn_app().await;
+    let r = app.create_service_raw(json!({ "name": "eu" })).await;
+    r.assert_error(400, "invalid_service_config");
+    assert!(r.str_at("/error/message").contains("abuse.geo"));
+
+    let only = json!({ "allowlist_only": { "allowed_regions": ["FR", "GB"] } });
+    app.create_service_raw(json!({
+        "name": "eu",
+        "abuse": { "geo": { "sms": only, "voice": only, "whatsapp": only } }
+    }))
+    .await
+    .assert_status(201);
+    app.start_with(json!({ "to": FR_MOBILE, "service": "eu" }))
+        .await
+        .assert_status(201);
+    let r = app
+        .start_with(json!({ "to": US_NUMBER, "service": "eu" }))
+        .await;
+    r.assert_error(403, "region_not_allowed");
+    assert!(r.str_at("/error/message").contains("US"));
+
+    // Allow by default with a deny-list, changed on the running service.
+    let deny = json!({ "allow_by_default": { "disallowed_regions": ["CU"] } });
+    app.patch_service(
+        "eu",
+        json!({ "abuse": { "geo": { "sms": deny, "voice": deny, "whatsapp": deny } } }),
+    )
+    .await
+    .assert_status(200);
+    app.advance(Duration::from_secs(3)); // past the service cache
+    app.start_with(json!({ "to": US_NUMBER, "service": "eu" }))
+        .await
+        .assert_status(201);
+    app.start_with(json!({ "to": CU_MOBILE, "service": "eu" }))
+        .await
+        .assert_error(403, "region_not_allowed");
+}
+
+#[tokio::test]
+async fn the_default_service_of_a_fresh_install_reaches_every_region() {
+    let app = spawn_app().await;
+    let svc = app.get_service("default").await;
+    assert_eq!(svc.json["abuse"]["geo"]["sms"], allow_all());
+    app.start(CU_MOBILE).await.assert_status(201);
+}
+
+#[tokio::test]
+async fn sends_per_ip_group_ipv6_by_64_bit_network() {
+    let app = spawn_app().await;
+    service_with_limit(&app, "ip", "sends_per_ip", 2, 300).await;
+    let start =
+        |n: u32, ip: &str| app.start_with(json!({ "to": mobile(n), "service": "ip", "ip": ip }));
+    let first = start(1, "2001:db8:1:2::1").await;
+    first.assert_status(201);
+    assert_eq!(
+        first.header("ratelimit-policy"),
+        Some("\"sends_per_ip\";q=2;w=300")
+    );
+    assert_eq!(
+        first.header("ratelimit"),
+        Some("\"sends_per_ip\";r=1;t=150")
+    );
+    // Another address of the same /64 is the same subscriber.
+    start(2, "2001:db8:1:2:ffff:ffff:ffff:fffe")
+        .await
+        .assert_status(201);
+    let third = start(3, "2001:db8:1:2:1234::9").await;
+    third.assert_error(429, "rate_limited");
+    assert_eq!(
+        third.retry_after(),
+        Some(150),
+        "one send frees up every 150 s"
+    );
+    assert_eq!(
+        third.header("ratelimit"),
+        Some("\"sends_per_ip\";r=0;t=300")
+    );
+    assert!(third.str_at("/error/message").contains("sends_per_ip"));
+    // The next /64, and IPv4 addresses, have budgets of their own.
+    start(4, "2001:db8:1:3::1").await.assert_status(201);
+    start(5, "192.0.2.1").await.assert_status(201);
+    // Time refills the budget.
+    app.advance(Duration::from_secs(150));
+    start(6, "2001:db8:1:2::77").await.assert_status(201);
+}
+
+#[tokio::test]
+async fn sends_per_account_device_number_and_prefix_each_hold() {
+    let app = spawn_app().await;
+    for (svc, limit) in [
+        ("acct", "sends_per_account"),
+        ("dev", "sends_per_device"),
+        ("num", "sends_per_number"),
+        ("pfx", "sends_per_prefix"),
+        ("cc", "sends_per_country"),
+        ("all", "sends_per_service"),
+    ] {
+        service_with_limit(&app, svc, limit, 1, 3600).await;
+    }
+    let start = |svc: &'static str, to: String, extra: Value| {
+        let mut body = json!({ "to": to, "service": svc });
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        app.start_with(body)
+    };
+    // Same account, different numbers.
+    start("acct", mobile(1), json!({ "account_ref": "acct_1" }))
+        .await
+        .assert_status(201);
+    start("acct", mobile(2), json!({ "account_ref": "acct_1" }))
+        .await
+        .assert_error(429, "rate_limited");
+    start("acct", mobile(3), json!({ "account_ref": "acct_2" }))
+        .await
+        .assert_status(201);
+    // Same device.
+    start("dev", mobile(1), json!({ "device_id": "d1" }))
+        .await
+        .assert_status(201);
+    start("dev", mobile(2), json!({ "device_id": "d1" }))
+        .await
+        .assert_error(429, "rate_limited");
+    start("dev", mobile(3), json!({ "device_id": "d2" }))
+        .await
+        .assert_status(201);
+    // Same number (a re-send counts).
+    start("num", mobile(1), json!({})).await.assert_status(201);
+    start("num", mobile(1), json!({}))
+        .await
+        .assert_error(429, "rate_limited");
+    start("num", mobile(2), json!({})).await.assert_status(201);
+    // Same prefix: +447900 00xxxx share "7900 00"; +44 7911 ... does not.
+    start("pfx", mobile(1), json!({})).await.assert_status(201);
+    start("pfx", mobile(2), json!({}))
+        .await
+        .assert_error(429, "rate_limited");
+    start("pfx", UK_MOBILE_2.to_owned(), json!({}))
+        .await
+        .assert_status(201);
+    // Same country.
+    start("cc", mobile(1), json!({})).await.assert_status(201);
+    start("cc", UK_MOBILE_2.to_owned(), json!({}))
+        .await
+        .assert_error(429, "rate_limited");
+    start("cc", FR_MOBILE.to_owned(), json!({}))
+        .await
+        .assert_status(201);
+    // The whole service.
+    start("all", mobile(1), json!({})).await.assert_status(201);
+    start("all", FR_MOBILE.to_owned(), json!({}))
+        .await
+        .assert_error(429, "rate_limited");
+}
+
+#[tokio::test]
+async fn test_numbers_are_never_limited() {
+    let app = spawn_app().await;
+    let mut limits = json!({});
+    limits["sends_per_service"] = json!({ "limit": 1, "period_seconds": 3600 });
+    app.create_service(json!({
+        "name": "qa",
+        "resend_cooldown_seconds": 0,
+        "test_numbers": [{ "number": UK_VOIP, "code": "123456" }],
+        "abuse": { "geo": geo_everywhere(), "limits": limits }
+    }))
+    .await
+    .assert_status(201);
+    for _ in 0..3 {
+        app.start_with(json!({ "to": UK_VOIP, "service": "qa" }))
+            .await
+            .assert_status(201);
+    }
+}
+
+/// Brute force against one number: whatever the verifications and re-sends, at most
+/// `wrong_codes_per_number` (10) codes are compared per 24 h. With 6-digit codes the
+/// chance that any of them hits is at most 10 / 10^6 a day (see docs/abuse.md).
+#[tokio::test]
+async fn the_guess_budget_is_per_number_across_verifications_and_resends() {
+    let app = spawn_app().await;
+    app.create_service(json!({
+        "name": "bf",
+        "resend_cooldown_seconds": 0,
+        "max_check_attempts": 20,
+        "max_sends": 20,
+        "abuse": { "geo": geo_everywhere(), "limits": { "sends_per_number": null } }
+    }))
+    .await
+    .assert_status(201);
+    let mut guesses = 0;
+    let mut refused = None;
+    // Re-send after every three guesses: a new code never resets the budget.
+    'outer: for round in 0..10 {
+        let r = app
+            .start_with(json!({ "to": UK_MOBILE, "service": "bf" }))
+            .await;
+        r.assert_status(201);
+        let id = r.str("id").to_owned();
+        let code = app.nth_code_for(UK_MOBILE, round + 1).await;
+        for _ in 0..3 {
+            let c = app.check(&id, &wrong_code(&code)).await;
+            if c.status == 429 {
+                refused = Some((round, c));
+                break 'outer;
+            }
+            c.assert_status(200);
+            guesses += 1;
+        }
+    }
+    assert_eq!(guesses, 10, "exactly ten wrong codes compared");
+    let (round, r) = refused.expect("the eleventh guess is refused");
+    assert_eq!(round, 3);
+    r.assert_error(429, "rate_limited");
+    assert!(r.retry_after().unwrap() > 0);
+    // Even the right code is not compared now, by id or by number.
+    // Rounds of three guesses: the eleventh guess came in the fourth verification.
+    let code = app.nth_code_for(UK_MOBILE, 4).await;
+    app.check_by_number_on("bf", UK_MOBILE, &code)
+        .await
+        .assert_error(429, "rate_limited");
+    // A day later the budget is back.
+    app.advance(Duration::from_secs(24 * 3600));
+    let r = app
+        .start_with(json!({ "to": UK_MOBILE, "service": "bf" }))
+        .await;
+    r.assert_status(201);
+    let code = app.nth_code_for(UK_MOBILE, 5).await;
+    let ok = app.check(r.str("id"), &code).await;
+    assert_eq!(ok.str("status"), "approved");
+}
+
+/// The budget holds under racing guesses too: each guess reserves before it is
+/// compared, so of 50 concurrent wrong codes exactly 10 are compared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_wrong_codes_spend_exactly_the_guess_budget() {
+    let app = spawn_app().await;
+    app.create_service(json!({
+        "name": "bf",
+        "max_check_attempts": 20,
+        "abuse": { "geo": geo_everywhere() }
+    }))
+    .await
+    .assert_status(201);
+    let r = app
+        .start_with(json!({ "to": UK_MOBILE, "service": "bf" }))
+        .await;
+    let id = r.str("id").to_owned();
+    let wrong = wrong_code(&app.code_for(UK_MOBILE).await);
+    let results = futures::future::join_all((0..50).map(|_| app.check(&id, &wrong))).await;
+    let compared = results.iter().filter(|r| r.status == 200).count();
+    let limited = results
+        .iter()
+        .filter(|r| r.error_code() == Some("rate_limited"))
+        .count();
+    assert_eq!((compared, limited), (10, 40));
+    assert_eq!(app.get_verification(&id).await.num("check_attempts"), 10);
+}
+
+/// A right code gives its reservation back: a person who types the code right every
+/// time is never limited by the guess budget.
+#[tokio::test]
+async fn right_codes_do_not_spend_the_guess_budget() {
+    let app = spawn_app().await;
+    for _ in 0..15 {
+        let (id, code) = app.started(UK_MOBILE).await;
+        let ok = app.check(&id, &code).await;
+        assert_eq!(ok.str("status"), "approved");
+        app.advance(Duration::from_secs(361)); // past the cooldown; refills a send
+    }
+}
