@@ -258,9 +258,10 @@ async fn meter_send(st: &AppState, country_code: u16, now: Millis) -> Result<(),
     responses(
         (status = 201, description = "Code sent (or queued)", body = VerificationView),
         (status = 400, description = "invalid_json, invalid_request, invalid_phone_number, invalid_field, channel_not_allowed, invalid_idempotency_key"),
+        (status = 403, description = "number_type_not_allowed, region_not_allowed (the service's anti-abuse policy)"),
         (status = 404, description = "service_not_found"),
         (status = 422, description = "idempotency_key_reused"),
-        (status = 429, description = "resend_cooldown, max_sends_reached, verification_locked; with Retry-After"),
+        (status = 429, description = "resend_cooldown, max_sends_reached, verification_locked, rate_limited; with Retry-After (and RateLimit, RateLimit-Policy for rate_limited)"),
     ),
     security(("api_key" = []))
 )]
@@ -516,7 +517,7 @@ async fn check_by_id(st: &AppState, id: &str, code: &str) -> Result<Response, Ap
         (status = 404, description = "verification_not_found"),
         (status = 409, description = "verification_not_pending"),
         (status = 410, description = "verification_expired"),
-        (status = 429, description = "max_attempts_reached, with Retry-After"),
+        (status = 429, description = "max_attempts_reached, or rate_limited (the number's wrong-code budget), with Retry-After"),
     ),
     security(("api_key" = []))
 )]
@@ -537,7 +538,7 @@ pub async fn check(
         (status = 200, description = "`approved`, or `pending` with `attempts_left` after a wrong code", body = VerificationView),
         (status = 400, description = "invalid_phone_number, invalid_code"),
         (status = 404, description = "verification_not_found: no pending verification for this number on this service"),
-        (status = 429, description = "max_attempts_reached, with Retry-After"),
+        (status = 429, description = "max_attempts_reached, or rate_limited (the number's wrong-code budget), with Retry-After"),
     ),
     security(("api_key" = []))
 )]
