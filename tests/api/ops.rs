@@ -50,8 +50,17 @@ async fn the_openapi_document_describes_the_api() {
     assert!(paths["/v1/verifications"]["post"]["responses"]["201"].is_object());
     assert!(paths["/v1/verifications"]["post"]["responses"]["403"].is_object());
     assert!(r.json["components"]["securitySchemes"]["api_key"].is_object());
-    let schemas = r.json["components"]["schemas"].as_object().expect("schemas");
-    for s in ["AbuseInput", "AbusePolicy", "GeoPolicy", "GeoRule", "Limits", "RateSpec"] {
+    let schemas = r.json["components"]["schemas"]
+        .as_object()
+        .expect("schemas");
+    for s in [
+        "AbuseInput",
+        "AbusePolicy",
+        "GeoPolicy",
+        "GeoRule",
+        "Limits",
+        "RateSpec",
+    ] {
         assert!(schemas.contains_key(s), "schema {s} missing");
     }
 }
