@@ -64,7 +64,7 @@ fn policy() -> AbusePolicy {
     ));
     // Limits high enough that the measured decisions are allows (the common case), with
     // every limit still evaluated.
-    for spec in [
+    for s in [
         &mut p.limits.sends_per_number,
         &mut p.limits.sends_per_ip,
         &mut p.limits.sends_per_account,
@@ -72,10 +72,11 @@ fn policy() -> AbusePolicy {
         &mut p.limits.sends_per_prefix,
         &mut p.limits.sends_per_country,
         &mut p.limits.sends_per_service,
-    ] {
-        if let Some(s) = spec {
-            s.limit = 1_000_000_000;
-        }
+    ]
+    .into_iter()
+    .flatten()
+    {
+        s.limit = 1_000_000_000;
     }
     p
 }
