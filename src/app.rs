@@ -248,7 +248,11 @@ impl Application {
             clock: opts.clock,
             outbox,
             settings: Arc::new(opts.settings),
-            abuse: Arc::new(crate::abuse::Engine::new(opts.counters.clone(), pseudonyms)),
+            abuse: Arc::new(crate::abuse::Engine::new(
+                opts.counters.clone(),
+                pseudonyms,
+                crate::abuse::pumping::PumpingPolicy::default(),
+            )),
             counters: opts.counters,
         };
         Ok(Self {

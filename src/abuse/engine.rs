@@ -8,6 +8,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::policy::{AbusePolicy, RateSpec};
+use super::pumping::{self, Prefix, PumpingDetector, PumpingPolicy};
 use crate::clock::Millis;
 use crate::counters::{Counters, CountersError};
 use crate::crypto::{BlindIndex, BlindIndexer};
@@ -33,6 +34,12 @@ pub enum Reason {
     RegionNotAllowed,
     /// A rate limit on one of the request's keys was reached.
     RateLimited,
+    /// The SMS-pumping detector closed the number's prefix: its conversion collapsed.
+    PrefixConversionCollapse,
+    /// The day's spend on the number's country reached its budget.
+    CountryBudgetExceeded,
+    /// The day's spend on all countries reached the global budget.
+    GlobalBudgetExceeded,
 }
 
 impl Reason {
@@ -41,6 +48,9 @@ impl Reason {
             Self::NumberTypeNotAllowed => "number_type_not_allowed",
             Self::RegionNotAllowed => "region_not_allowed",
             Self::RateLimited => "rate_limited",
+            Self::PrefixConversionCollapse => "prefix_conversion_collapse",
+            Self::CountryBudgetExceeded => "country_budget_exceeded",
+            Self::GlobalBudgetExceeded => "global_budget_exceeded",
         }
     }
 }
@@ -65,7 +75,7 @@ pub struct LimitState {
     pub retry_after_ms: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Decision {
     pub action: Action,
     pub reasons: Vec<Reason>,
@@ -73,24 +83,20 @@ pub struct Decision {
     /// For the response headers; not stored.
     #[serde(skip)]
     pub limit: Option<LimitState>,
+    /// What this decision caused (a prefix closed, a budget reached), for the caller to
+    /// log and count.
+    #[serde(skip)]
+    pub events: Vec<pumping::Event>,
 }
 
 impl Decision {
-    fn allow(limit: Option<LimitState>) -> Self {
-        Self {
-            action: Action::Allow,
-            reasons: Vec::new(),
-            factors: Vec::new(),
-            limit,
-        }
-    }
-
     fn block(reason: Reason, factors: Vec<Factor>, limit: Option<LimitState>) -> Self {
         Self {
             action: Action::Block,
             reasons: vec![reason],
             factors,
             limit,
+            events: Vec::new(),
         }
     }
 }
@@ -109,6 +115,7 @@ pub struct SendContext<'a> {
 pub struct Engine {
     counters: Arc<dyn Counters>,
     pseudonyms: BlindIndexer,
+    pumping: PumpingDetector,
 }
 
 /// The network an IP belongs to for rate limiting: an IPv4 address itself, an IPv6
@@ -124,10 +131,43 @@ pub fn ip_group(ip: IpAddr) -> Vec<u8> {
 }
 
 impl Engine {
-    pub fn new(counters: Arc<dyn Counters>, pseudonyms: BlindIndexer) -> Self {
+    pub fn new(
+        counters: Arc<dyn Counters>,
+        pseudonyms: BlindIndexer,
+        pumping: PumpingPolicy,
+    ) -> Self {
         Self {
+            pumping: PumpingDetector::new(counters.clone(), pumping),
             counters,
             pseudonyms,
+        }
+    }
+
+    /// The pumping detector's prefix of a number.
+    fn prefix(&self, number: &E164) -> Option<Prefix> {
+        self.pumping
+            .policy()
+            .prefix_of(number.country_code(), number.national_significant_number())
+            .ok()
+    }
+
+    /// Records a message that was queued for `number` (after the start committed).
+    pub async fn record_send(
+        &self,
+        number: &E164,
+        now: Millis,
+    ) -> Result<Vec<pumping::Event>, CountersError> {
+        match self.prefix(number) {
+            Some(p) => self.pumping.record_send(&p, now).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Records an approved verification of `number`.
+    pub async fn record_approval(&self, number: &E164, now: Millis) -> Result<(), CountersError> {
+        match self.prefix(number) {
+            Some(p) => self.pumping.record_approval(&p, now).await,
+            None => Ok(()),
         }
     }
 
@@ -237,7 +277,37 @@ impl Engine {
                 tightest = Some(state);
             }
         }
-        Ok(Decision::allow(tightest))
+        let mut decision = Decision {
+            action: Action::Allow,
+            reasons: Vec::new(),
+            factors: Vec::new(),
+            limit: tightest,
+            events: Vec::new(),
+        };
+        // Traffic judged fraudulent is shadow-blocked: the answer looks sent, so a
+        // pumper learns nothing from it.
+        if let Some(prefix) = self.prefix(cx.number) {
+            let assessment = self.pumping.assess(&prefix, now).await?;
+            decision.events = assessment.events;
+            if let Some(closure) = assessment.verdict.closure() {
+                let reason = match closure.reason {
+                    pumping::Reason::PrefixConversionCollapse => Reason::PrefixConversionCollapse,
+                    pumping::Reason::CountryBudgetExceeded => Reason::CountryBudgetExceeded,
+                    pumping::Reason::GlobalBudgetExceeded => Reason::GlobalBudgetExceeded,
+                };
+                decision.factors.push(factor("prefix", &prefix.to_string()));
+                if assessment.verdict.allows() {
+                    // Monitor mode: send, and say what would have happened.
+                    decision
+                        .factors
+                        .push(factor("would_shadow_block", reason.as_str()));
+                } else {
+                    decision.action = Action::ShadowBlock;
+                    decision.reasons.push(reason);
+                }
+            }
+        }
+        Ok(decision)
     }
 
     /// Reserves one wrong code of `subject`'s budget (per number, across all its

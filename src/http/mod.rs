@@ -121,6 +121,11 @@ async fn envelope(req: Request, next: Next) -> Response {
 
 /// The masked form of a subject's number, if it can still be decrypted.
 pub(crate) fn masked_number(st: &AppState, s: &SubjectSecrets) -> Option<String> {
+    open_number(st, s).map(|n| n.masked())
+}
+
+/// The subject's number, decrypted; `None` once erased (or if it does not open).
+pub(crate) fn open_number(st: &AppState, s: &SubjectSecrets) -> Option<ringfence_phone::E164> {
     let key = st
         .keys
         .kek
@@ -128,7 +133,5 @@ pub(crate) fn masked_number(st: &AppState, s: &SubjectSecrets) -> Option<String>
         .ok()?;
     let raw = key.open(s.phone_ct.as_ref()?, PHONE_AAD).ok()?;
     let e164 = std::str::from_utf8(&raw).ok()?;
-    ringfence_phone::E164::parse(e164, None)
-        .ok()
-        .map(|n| n.masked())
+    ringfence_phone::E164::parse(e164, None).ok()
 }

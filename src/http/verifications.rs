@@ -339,6 +339,7 @@ pub async fn start(
     });
     // Test numbers never count and are never judged.
     let mut limit = None;
+    let mut shadow = false;
     if test_code.is_none() {
         let cx = SendContext {
             service_id: &service.id,
@@ -354,19 +355,37 @@ pub async fn start(
             .decide_send(&service.config.abuse, &cx, now)
             .await
             .map_err(|e| ApiError::Unavailable(format!("counters: {e}")))?;
-        if decision.action != Action::Allow {
-            tracing::info!(
-                subject = %bi.short(),
-                region = number.region().unwrap_or("-"),
-                action = ?decision.action,
-                reasons = ?decision.reasons,
-                "send refused"
-            );
-            return Err(refusal(&decision, &number));
+        for event in &decision.events {
+            tracing::warn!(event = ?event, "anti-abuse event");
         }
-        limit = decision.limit;
-        meter_send(&st, number.country_code(), now).await?;
+        match decision.action {
+            Action::Allow => {
+                limit = decision.limit;
+                meter_send(&st, number.country_code(), now).await?;
+            }
+            Action::ShadowBlock => {
+                // Answered like any start; nothing is queued, nothing is sent.
+                tracing::info!(
+                    subject = %bi.short(),
+                    region = number.region().unwrap_or("-"),
+                    reasons = ?decision.reasons,
+                    "send shadow-blocked"
+                );
+                shadow = true;
+            }
+            Action::Block => {
+                tracing::info!(
+                    subject = %bi.short(),
+                    region = number.region().unwrap_or("-"),
+                    reasons = ?decision.reasons,
+                    "send refused"
+                );
+                return Err(refusal(&decision, &number));
+            }
+        }
     }
+    let payload = payload.filter(|_| !shadow);
+    let sent_message = payload.is_some();
     // When the worker has room, the message is queued claimed and handed over from
     // memory once committed (no claim, no decryption); otherwise the worker finds it in
     // the outbox.
@@ -404,6 +423,18 @@ pub async fn start(
             resent,
             claimed_message,
         } => {
+            if sent_message {
+                match st.abuse.record_send(&number, now).await {
+                    Ok(events) => {
+                        for event in &events {
+                            tracing::warn!(event = ?event, "anti-abuse event");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "send not recorded for the pumping detector")
+                    }
+                }
+            }
             match (claimed_message, handoff) {
                 (Some(message_id), Some((slot, to, text))) => slot.send(Handoff {
                     message: OutgoingMessage {
@@ -496,7 +527,14 @@ async fn check_by_id(st: &AppState, id: &str, code: &str) -> Result<Response, Ap
         CheckOutcome::NotFound => Err(ApiError::VerificationNotFound),
         CheckOutcome::Approved(v) => {
             tracing::debug!(verification_id = %v.row.id, "verification approved");
-            let to = masked_number(st, &v.subject);
+            let number = super::open_number(st, &v.subject);
+            if let (Some(n), false) = (&number, v.row.test_number) {
+                // Conversion per prefix, for the pumping detector.
+                if let Err(e) = st.abuse.record_approval(n, now).await {
+                    tracing::warn!(error = %e, "approval not recorded for the pumping detector");
+                }
+            }
+            let to = number.map(|n| n.masked());
             Ok(Json(VerificationView::new(&v.row, to, now)).into_response())
         }
         CheckOutcome::Wrong { v, .. } => {

@@ -358,3 +358,51 @@ async fn right_codes_do_not_spend_the_guess_budget() {
         app.advance(Duration::from_secs(361)); // past the cooldown; refills a send
     }
 }
+
+/// SMS pumping: sends to one prefix that nobody ever approves close it, and later
+/// starts there are shadow-blocked — answered like any other, never sent.
+#[tokio::test]
+async fn a_prefix_whose_codes_are_never_entered_is_closed_and_shadow_blocked() {
+    let app = spawn_app().await;
+    // 40 numbers of the prefix 44:790 (+44 7900 …), none approved.
+    for n in 0..40 {
+        app.start(&mobile(n)).await.assert_status(201);
+    }
+    app.wait_for_messages(&mobile(39), 1).await;
+    // Past the time people take to type a code, the prefix's conversion is 0 %.
+    app.advance(Duration::from_secs(180));
+    let r = app.start(&mobile(40)).await;
+    r.assert_status(201);
+    assert_eq!(
+        r.str("status"),
+        "pending",
+        "the answer looks like any other"
+    );
+    let shadow_id = r.str("id").to_owned();
+    // Another prefix is untouched, and its message goes out; the shadow-blocked one
+    // never does.
+    let (_, code) = app.started(UK_MOBILE_2).await;
+    assert!(!code.is_empty());
+    assert!(
+        app.messages_to(&mobile(40)).is_empty(),
+        "nothing sent to a closed prefix"
+    );
+    let g = app.get_verification(&shadow_id).await;
+    g.assert_status(200);
+    assert_eq!(g.str("status"), "pending");
+}
+
+/// Approvals keep a prefix open: the same volume, converting, is never closed.
+#[tokio::test]
+async fn a_prefix_whose_codes_are_entered_stays_open() {
+    let app = spawn_app().await;
+    app.without_guess_budget().await;
+    for n in 0..40 {
+        let (id, code) = app.started(&mobile(n)).await;
+        if n % 3 != 0 {
+            assert_eq!(app.check(&id, &code).await.str("status"), "approved");
+        }
+    }
+    app.advance(Duration::from_secs(180));
+    app.started(&mobile(40)).await;
+}
