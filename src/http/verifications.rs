@@ -358,30 +358,23 @@ pub async fn start(
         for event in &decision.events {
             tracing::warn!(event = ?event, "anti-abuse event");
         }
+        if decision.action != Action::Allow {
+            tracing::info!(
+                subject = %bi.short(),
+                region = number.region().unwrap_or("-"),
+                action = ?decision.action,
+                reasons = ?decision.reasons,
+                "send not allowed"
+            );
+        }
         match decision.action {
             Action::Allow => {
                 limit = decision.limit;
                 meter_send(&st, number.country_code(), now).await?;
             }
-            Action::ShadowBlock => {
-                // Answered like any start; nothing is queued, nothing is sent.
-                tracing::info!(
-                    subject = %bi.short(),
-                    region = number.region().unwrap_or("-"),
-                    reasons = ?decision.reasons,
-                    "send shadow-blocked"
-                );
-                shadow = true;
-            }
-            Action::Block => {
-                tracing::info!(
-                    subject = %bi.short(),
-                    region = number.region().unwrap_or("-"),
-                    reasons = ?decision.reasons,
-                    "send refused"
-                );
-                return Err(refusal(&decision, &number));
-            }
+            // Answered like any start; nothing is queued, nothing is sent.
+            Action::ShadowBlock => shadow = true,
+            Action::Block => return Err(refusal(&decision, &number)),
         }
     }
     let payload = payload.filter(|_| !shadow);
