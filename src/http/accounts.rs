@@ -12,7 +12,7 @@ use super::extract::{ApiJson, ApiPath, VerifyCaller};
 use super::{masked_number, validate, ApiError};
 use crate::app::AppState;
 use crate::clock::rfc3339;
-use crate::store::{BindOutcome, BindingRow};
+use crate::store::{BindOutcome, BindRules, BindingRow};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -47,7 +47,7 @@ fn view(st: &AppState, b: &BindingRow) -> BindingView {
         (status = 200, description = "Bound (binding the same number again is a no-op)", body = BindingView),
         (status = 400, description = "invalid_field"),
         (status = 404, description = "verification_not_found"),
-        (status = 409, description = "verification_not_approved, verification_stale, account_mismatch"),
+        (status = 409, description = "verification_not_approved, verification_stale, account_mismatch, phone_limit_reached"),
     ),
     security(("api_key" = []))
 )]
@@ -60,20 +60,36 @@ pub async fn bind(
     let account_ref = validate::account_ref(&account_ref)?;
     validate::verification_id(&body.verification_id)?;
     let now = st.clock.now();
+    // The accounts cap and the recycled-number mode are the verification's service's.
+    let (_, service_id) = st
+        .store
+        .verification_owner(&body.verification_id)
+        .await?
+        .ok_or(ApiError::VerificationNotFound)?;
+    let accounts = match st.services.get(&service_id, now).await? {
+        Some(s) => s.config.abuse.accounts.clone(),
+        None => return Err(ApiError::VerificationNotFound),
+    };
+    let rules = BindRules {
+        approval_window_ms: st.settings.binding_window_ms,
+        max_accounts: accounts.max_accounts_per_number,
+        cap_window_ms: i64::from(accounts.window_days) * 24 * 3600 * 1000,
+        one_verified_holder: accounts.one_verified_holder,
+    };
     match st
         .store
-        .bind_account(
-            &account_ref,
-            &body.verification_id,
-            now,
-            st.settings.binding_window_ms,
-        )
+        .bind_account(&account_ref, &body.verification_id, now, rules)
         .await?
     {
-        BindOutcome::Bound { binding, replaced } => {
-            tracing::info!(verification_id = %binding.verification_id, subject = %binding.subject.blind_index.short(), replaced, "account bound");
+        BindOutcome::Bound {
+            binding,
+            replaced,
+            superseded,
+        } => {
+            tracing::info!(verification_id = %binding.verification_id, subject = %binding.subject.blind_index.short(), replaced, superseded, "account bound");
             Ok(Json(view(&st, &binding)))
         }
+        BindOutcome::PhoneLimitReached => Err(ApiError::PhoneLimitReached),
         BindOutcome::VerificationNotFound => Err(ApiError::VerificationNotFound),
         BindOutcome::NotApproved => Err(ApiError::VerificationNotApproved),
         BindOutcome::Stale => Err(ApiError::VerificationStale),

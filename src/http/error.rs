@@ -63,6 +63,8 @@ pub enum ApiError {
     VerificationStale,
     #[error("the verification was started for another account")]
     AccountMismatch,
+    #[error("this number is bound to as many accounts as this service allows")]
+    PhoneLimitReached,
     #[error("a new code was sent recently; try again later")]
     ResendCooldown { retry_after_ms: i64 },
     #[error("this verification has used all its sends")]
@@ -120,6 +122,7 @@ impl ApiError {
             VerificationNotApproved => (StatusCode::CONFLICT, "verification_not_approved"),
             VerificationStale => (StatusCode::CONFLICT, "verification_stale"),
             AccountMismatch => (StatusCode::CONFLICT, "account_mismatch"),
+            PhoneLimitReached => (StatusCode::CONFLICT, "phone_limit_reached"),
             ResendCooldown { .. } => (StatusCode::TOO_MANY_REQUESTS, "resend_cooldown"),
             MaxSendsReached { .. } => (StatusCode::TOO_MANY_REQUESTS, "max_sends_reached"),
             MaxAttemptsReached { .. } => (StatusCode::TOO_MANY_REQUESTS, "max_attempts_reached"),
@@ -170,6 +173,7 @@ impl ApiError {
         "verification_not_approved",
         "verification_stale",
         "account_mismatch",
+        "phone_limit_reached",
         "resend_cooldown",
         "max_sends_reached",
         "max_attempts_reached",

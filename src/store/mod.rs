@@ -291,12 +291,30 @@ pub struct BindingRow {
     pub verified_at: Millis,
 }
 
+/// What a binding must respect (from the settings and the verification's service).
+#[derive(Debug, Clone, Copy)]
+pub struct BindRules {
+    /// How long after approval a verification may still be bound.
+    pub approval_window_ms: i64,
+    /// Accounts one number may be bound to within `cap_window_ms`, counting ended
+    /// bindings (tombstones) too.
+    pub max_accounts: u32,
+    pub cap_window_ms: i64,
+    /// Recycled numbers: binding ends every other live binding of the number
+    /// (`superseded`).
+    pub one_verified_holder: bool,
+}
+
 #[derive(Debug)]
 pub enum BindOutcome {
     Bound {
         binding: BindingRow,
         replaced: bool,
+        /// Live bindings of other accounts ended by this one (one-verified-holder mode).
+        superseded: u32,
     },
+    /// The number was bound to `max_accounts` other accounts within the window.
+    PhoneLimitReached,
     VerificationNotFound,
     NotApproved,
     /// Approved too long ago to bind now.
@@ -390,7 +408,7 @@ pub trait Store: Send + Sync + 'static {
         account_ref: &str,
         verification_id: &str,
         now: Millis,
-        window_ms: i64,
+        rules: BindRules,
     ) -> StoreResult<BindOutcome>;
     async fn get_binding(&self, account_ref: &str) -> StoreResult<Option<BindingRow>>;
     async fn unbind_account(&self, account_ref: &str, now: Millis) -> StoreResult<bool>;

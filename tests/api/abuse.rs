@@ -369,8 +369,10 @@ async fn a_prefix_whose_codes_are_never_entered_is_closed_and_shadow_blocked() {
         app.start(&mobile(n)).await.assert_status(201);
     }
     app.wait_for_messages(&mobile(39), 1).await;
-    // Past the time people take to type a code, the prefix's conversion is 0 %.
-    app.advance(Duration::from_secs(180));
+    // Past the time people take to type a code (two minutes; the recent sends are a
+    // sliding estimate over two-minute windows, so wait two of them plus one), the
+    // prefix's conversion is 0 %.
+    app.advance(Duration::from_secs(300));
     let r = app.start(&mobile(40)).await;
     r.assert_status(201);
     assert_eq!(
@@ -403,6 +405,53 @@ async fn a_prefix_whose_codes_are_entered_stays_open() {
             assert_eq!(app.check(&id, &code).await.str("status"), "approved");
         }
     }
-    app.advance(Duration::from_secs(180));
+    app.advance(Duration::from_secs(300));
     app.started(&mobile(40)).await;
+}
+
+/// Accounts per number: three within 90 days by default; unbinding (an account deleted)
+/// leaves a tombstone that still counts.
+#[tokio::test]
+async fn a_number_binds_at_most_three_accounts_and_unbinding_does_not_reset_it() {
+    let app = spawn_app().await;
+    for n in 1..=3 {
+        let id = app.approved(UK_MOBILE, None).await;
+        app.bind(&format!("acct_{n}"), &id).await.assert_status(200);
+        app.unbind(&format!("acct_{n}")).await.assert_status(204);
+        app.advance(Duration::from_secs(3600));
+    }
+    let id = app.approved(UK_MOBILE, None).await;
+    let r = app.bind("acct_4", &id).await;
+    r.assert_error(409, "phone_limit_reached");
+    assert!(!r.text.contains("447400123456"));
+    app.get_binding("acct_4")
+        .await
+        .assert_error(404, "binding_not_found");
+    // After the window, the oldest binding no longer counts.
+    app.advance(Duration::from_secs(90 * 24 * 3600 - 2 * 3600));
+    let id = app.approved(UK_MOBILE, None).await;
+    app.bind("acct_4", &id).await.assert_status(200);
+}
+
+/// Recycled numbers: with `one_verified_holder`, whoever verifies the number now takes it
+/// over from the earlier holder's account.
+#[tokio::test]
+async fn in_one_verified_holder_mode_the_new_holder_takes_the_number_over() {
+    let app = spawn_app().await;
+    app.patch_service(
+        "default",
+        json!({ "abuse": { "accounts": { "max_accounts_per_number": 3, "window_days": 90, "one_verified_holder": true } } }),
+    )
+    .await
+    .assert_status(200);
+    app.advance(Duration::from_secs(3)); // past the service cache
+    let first = app.approved(UK_MOBILE, None).await;
+    app.bind("old_holder", &first).await.assert_status(200);
+    app.advance(Duration::from_secs(3600));
+    let second = app.approved(UK_MOBILE, None).await;
+    app.bind("new_holder", &second).await.assert_status(200);
+    app.get_binding("old_holder")
+        .await
+        .assert_error(404, "binding_not_found");
+    app.get_binding("new_holder").await.assert_status(200);
 }

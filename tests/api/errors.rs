@@ -249,6 +249,17 @@ async fn every_error_code_in_the_catalogue_is_provoked_with_a_well_formed_envelo
     );
 
     // The anti-abuse engine's refusals.
+    app.patch_service(
+        "default",
+        json!({ "abuse": { "accounts": { "max_accounts_per_number": 1, "window_days": 1 } } }),
+    )
+    .await
+    .assert_status(200);
+    app.advance(Duration::from_secs(3)); // past the service cache
+    let first = app.approved(UK_MOBILE_2, None).await;
+    app.bind("cap_1", &first).await.assert_status(200);
+    let second = app.approved(UK_MOBILE_2, None).await;
+    cat.saw(app.bind("cap_2", &second).await, 409, "phone_limit_reached");
     cat.saw(
         app.start("+445612345678").await,
         403,

@@ -1,18 +1,29 @@
 //! Account bindings: what may be bound, idempotent rebinding, replacement, unbinding.
 
 use ringfence::clock::Millis;
-use ringfence::store::{BindOutcome, BindingRow};
+use ringfence::store::{BindOutcome, BindRules, BindingRow};
 
 use crate::backend::each_backend;
 use crate::fixtures::{PHONE, PHONE_2, SECOND, T0};
 
 /// How long after approval a verification may be bound.
 const WINDOW: Millis = 600 * SECOND;
+const DAY: Millis = 24 * 3600 * SECOND;
+
+/// No cap to speak of: the tests of the cap set their own.
+const RULES: BindRules = BindRules {
+    approval_window_ms: WINDOW,
+    max_accounts: 1000,
+    cap_window_ms: 90 * DAY,
+    one_verified_holder: false,
+};
 
 #[track_caller]
 fn bound(out: BindOutcome, replaced_expected: bool) -> BindingRow {
     match out {
-        BindOutcome::Bound { binding, replaced } => {
+        BindOutcome::Bound {
+            binding, replaced, ..
+        } => {
             assert_eq!(replaced, replaced_expected, "replaced");
             binding
         }
@@ -38,7 +49,7 @@ async fn an_approved_verification_binds_within_the_window() {
 
         let out = b
             .store
-            .bind_account("acct-1", &v.id, approved_at + 60 * SECOND, WINDOW)
+            .bind_account("acct-1", &v.id, approved_at + 60 * SECOND, RULES)
             .await
             .unwrap();
         let binding = bound(out, false);
@@ -64,7 +75,7 @@ async fn the_window_ends_binding() {
 
         let out = b
             .store
-            .bind_account("acct-1", &v.id, approved_at + WINDOW + 1, WINDOW)
+            .bind_account("acct-1", &v.id, approved_at + WINDOW + 1, RULES)
             .await
             .unwrap();
         assert!(matches!(out, BindOutcome::Stale), "got {out:?}");
@@ -73,7 +84,7 @@ async fn the_window_ends_binding() {
         // The window's last millisecond still counts.
         let out = b
             .store
-            .bind_account("acct-1", &v.id, approved_at + WINDOW, WINDOW)
+            .bind_account("acct-1", &v.id, approved_at + WINDOW, RULES)
             .await
             .unwrap();
         bound(out, false);
@@ -87,7 +98,7 @@ async fn only_an_approved_verification_binds() {
         let svc = b.service("signup", |_| {}).await;
         let out = b
             .store
-            .bind_account("acct-1", "VE-none", T0, WINDOW)
+            .bind_account("acct-1", "VE-none", T0, RULES)
             .await
             .unwrap();
         assert!(
@@ -98,7 +109,7 @@ async fn only_an_approved_verification_binds() {
         let pending = b.start(&svc, PHONE).started().await;
         let out = b
             .store
-            .bind_account("acct-1", &pending.id, T0 + SECOND, WINDOW)
+            .bind_account("acct-1", &pending.id, T0 + SECOND, RULES)
             .await
             .unwrap();
         assert!(matches!(out, BindOutcome::NotApproved), "got {out:?}");
@@ -109,7 +120,7 @@ async fn only_an_approved_verification_binds() {
             .unwrap();
         let out = b
             .store
-            .bind_account("acct-1", &pending.id, T0 + 2 * SECOND, WINDOW)
+            .bind_account("acct-1", &pending.id, T0 + 2 * SECOND, RULES)
             .await
             .unwrap();
         assert!(matches!(out, BindOutcome::NotApproved), "got {out:?}");
@@ -127,7 +138,7 @@ async fn a_verification_started_for_an_account_binds_only_that_account() {
 
         let out = b
             .store
-            .bind_account("acct-2", &v.id, now, WINDOW)
+            .bind_account("acct-2", &v.id, now, RULES)
             .await
             .unwrap();
         assert!(matches!(out, BindOutcome::AccountMismatch), "got {out:?}");
@@ -135,7 +146,7 @@ async fn a_verification_started_for_an_account_binds_only_that_account() {
 
         let out = b
             .store
-            .bind_account("acct-1", &v.id, now, WINDOW)
+            .bind_account("acct-1", &v.id, now, RULES)
             .await
             .unwrap();
         assert_eq!(bound(out, false).account_ref, "acct-1");
@@ -151,7 +162,7 @@ async fn binding_the_same_number_again_is_idempotent() {
         let now = T0 + 10 * SECOND;
         let binding = bound(
             b.store
-                .bind_account("acct-1", &first.id, now, WINDOW)
+                .bind_account("acct-1", &first.id, now, RULES)
                 .await
                 .unwrap(),
             false,
@@ -159,7 +170,7 @@ async fn binding_the_same_number_again_is_idempotent() {
 
         let again = bound(
             b.store
-                .bind_account("acct-1", &first.id, now + SECOND, WINDOW)
+                .bind_account("acct-1", &first.id, now + SECOND, RULES)
                 .await
                 .unwrap(),
             false,
@@ -170,7 +181,7 @@ async fn binding_the_same_number_again_is_idempotent() {
         let later = b.approved(&svc, PHONE, None, now + 2 * SECOND).await;
         let again = bound(
             b.store
-                .bind_account("acct-1", &later.id, now + 4 * SECOND, WINDOW)
+                .bind_account("acct-1", &later.id, now + 4 * SECOND, RULES)
                 .await
                 .unwrap(),
             false,
@@ -191,7 +202,7 @@ async fn binding_another_number_replaces_the_binding() {
         let now = T0 + 10 * SECOND;
         bound(
             b.store
-                .bind_account("acct-1", &first.id, now, WINDOW)
+                .bind_account("acct-1", &first.id, now, RULES)
                 .await
                 .unwrap(),
             false,
@@ -199,7 +210,7 @@ async fn binding_another_number_replaces_the_binding() {
 
         let binding = bound(
             b.store
-                .bind_account("acct-1", &second.id, now + SECOND, WINDOW)
+                .bind_account("acct-1", &second.id, now + SECOND, RULES)
                 .await
                 .unwrap(),
             true,
@@ -221,7 +232,7 @@ async fn unbinding_works_once() {
         let now = T0 + 10 * SECOND;
         bound(
             b.store
-                .bind_account("acct-1", &v.id, now, WINDOW)
+                .bind_account("acct-1", &v.id, now, RULES)
                 .await
                 .unwrap(),
             false,
@@ -245,12 +256,113 @@ async fn unbinding_works_once() {
         // An ended binding does not count as a current one.
         let rebound = bound(
             b.store
-                .bind_account("acct-1", &v.id, now + 3 * SECOND, WINDOW)
+                .bind_account("acct-1", &v.id, now + 3 * SECOND, RULES)
                 .await
                 .unwrap(),
             false,
         );
         assert_eq!(rebound.verification_id, v.id);
+    })
+    .await;
+}
+
+/// Three accounts per number within the window, ended bindings counted: unbinding
+/// (or deleting an account) does not give a place back until the window has passed.
+#[tokio::test]
+async fn the_accounts_cap_counts_tombstones_within_its_window() {
+    each_backend(|b| async move {
+        let svc = b.service("signup", |_| {}).await;
+        let cap = BindRules {
+            max_accounts: 3,
+            ..RULES
+        };
+        let mut now = T0;
+        for n in 1..=3 {
+            let v = b.approved(&svc, PHONE, None, now).await;
+            let out = b
+                .store
+                .bind_account(&format!("acct-{n}"), &v.id, now + SECOND, cap)
+                .await
+                .unwrap();
+            bound(out, false);
+            // The account goes away; its binding stays as a tombstone.
+            assert!(b
+                .store
+                .unbind_account(&format!("acct-{n}"), now + 2 * SECOND)
+                .await
+                .unwrap());
+            now += 3600 * SECOND;
+        }
+        let v = b.approved(&svc, PHONE, None, now).await;
+        let out = b
+            .store
+            .bind_account("acct-4", &v.id, now + SECOND, cap)
+            .await
+            .unwrap();
+        assert!(matches!(out, BindOutcome::PhoneLimitReached), "got {out:?}");
+        // An account bound before may bind the number again: it is not another account.
+        let out = b
+            .store
+            .bind_account("acct-2", &v.id, now + SECOND, cap)
+            .await
+            .unwrap();
+        bound(out, false);
+        // Another number is not affected.
+        let w = b.approved(&svc, PHONE_2, None, now).await;
+        bound(
+            b.store
+                .bind_account("acct-4", &w.id, now + SECOND, cap)
+                .await
+                .unwrap(),
+            false,
+        );
+        // Once the first binding is older than the window, a place is free again.
+        let later = T0 + 90 * DAY + SECOND;
+        let v = b.approved(&svc, PHONE, None, later).await;
+        bound(
+            b.store
+                .bind_account("acct-5", &v.id, later + SECOND, cap)
+                .await
+                .unwrap(),
+            false,
+        );
+    })
+    .await;
+}
+
+/// Recycled numbers: in one-verified-holder mode the new holder takes the number over.
+#[tokio::test]
+async fn a_new_verified_holder_supersedes_the_earlier_bindings() {
+    each_backend(|b| async move {
+        let svc = b.service("signup", |_| {}).await;
+        let holder = BindRules {
+            one_verified_holder: true,
+            ..RULES
+        };
+        let v = b.approved(&svc, PHONE, None, T0).await;
+        bound(
+            b.store
+                .bind_account("old", &v.id, T0 + SECOND, holder)
+                .await
+                .unwrap(),
+            false,
+        );
+        let later = T0 + 400 * DAY;
+        let w = b.approved(&svc, PHONE, None, later).await;
+        match b
+            .store
+            .bind_account("new", &w.id, later + SECOND, holder)
+            .await
+            .unwrap()
+        {
+            BindOutcome::Bound { superseded, .. } => assert_eq!(superseded, 1),
+            other => panic!("expected a binding, got {other:?}"),
+        }
+        assert!(
+            b.store.get_binding("old").await.unwrap().is_none(),
+            "superseded"
+        );
+        assert!(b.store.get_binding("new").await.unwrap().is_some());
     })
     .await;
 }

@@ -108,6 +108,7 @@ async fn advisory_lock(
 
 const LOCK_SUBJECT: i32 = 1;
 const LOCK_ACCOUNT: i32 = 2;
+const LOCK_SUBJECT_BINDINGS: i32 = 3;
 
 impl PgStore {
     /// Connects, applies migrations (one instance at a time, under an advisory lock).
@@ -578,7 +579,7 @@ impl Store for PgStore {
         account_ref: &str,
         verification_id: &str,
         now: Millis,
-        window_ms: i64,
+        rules: BindRules,
     ) -> StoreResult<BindOutcome> {
         let mut tx = self.pool.begin().await?;
         advisory_lock(
@@ -587,7 +588,7 @@ impl Store for PgStore {
             lock_key(crate::crypto::sha256(account_ref.as_bytes()).as_slice()),
         )
         .await?;
-        let out = bind(&mut tx, account_ref, verification_id, now, window_ms).await?;
+        let out = bind(&mut tx, account_ref, verification_id, now, rules).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -1149,7 +1150,7 @@ async fn bind(
     account_ref: &str,
     verification_id: &str,
     now: Millis,
-    window_ms: i64,
+    rules: BindRules,
 ) -> StoreResult<BindOutcome> {
     let Some(v) = load_verification(tx, verification_id).await? else {
         return Ok(BindOutcome::VerificationNotFound);
@@ -1169,11 +1170,27 @@ async fn bind(
             return Ok(BindOutcome::Bound {
                 binding: b.clone(),
                 replaced: false,
+                superseded: 0,
             });
         }
     }
-    if now - approved_at > window_ms {
+    if now - approved_at > rules.approval_window_ms {
         return Ok(BindOutcome::Stale);
+    }
+    // Bindings of one number, from any account, take turns (after the account's lock,
+    // which is always taken first: no cycle).
+    advisory_lock(tx, LOCK_SUBJECT_BINDINGS, v.subject_id).await?;
+    let others: i64 = sqlx::query_scalar(
+        "SELECT COUNT(DISTINCT account_ref) FROM bindings
+         WHERE subject_id = $1 AND verified_at > $2 AND account_ref <> $3",
+    )
+    .bind(v.subject_id)
+    .bind(now - rules.cap_window_ms)
+    .bind(account_ref)
+    .fetch_one(&mut **tx)
+    .await?;
+    if others >= i64::from(rules.max_accounts) {
+        return Ok(BindOutcome::PhoneLimitReached);
     }
     let replaced = existing.is_some();
     if replaced {
@@ -1183,6 +1200,20 @@ async fn bind(
             .execute(&mut **tx)
             .await?;
     }
+    let superseded = if rules.one_verified_holder {
+        sqlx::query(
+            "UPDATE bindings SET ended_at = $2, end_reason = 'superseded'
+             WHERE subject_id = $1 AND ended_at IS NULL AND account_ref <> $3",
+        )
+        .bind(v.subject_id)
+        .bind(now)
+        .bind(account_ref)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected() as u32
+    } else {
+        0
+    };
     sqlx::query("INSERT INTO bindings (account_ref, subject_id, verification_id, verified_at) VALUES ($1, $2, $3, $4)")
         .bind(account_ref)
         .bind(v.subject_id)
@@ -1193,5 +1224,9 @@ async fn bind(
     let binding = binding_by_account(tx, account_ref)
         .await?
         .ok_or_else(|| internal("binding vanished inside its transaction"))?;
-    Ok(BindOutcome::Bound { binding, replaced })
+    Ok(BindOutcome::Bound {
+        binding,
+        replaced,
+        superseded,
+    })
 }

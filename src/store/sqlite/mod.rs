@@ -322,11 +322,11 @@ impl Store for SqliteStore {
         account_ref: &str,
         verification_id: &str,
         now: Millis,
-        window_ms: i64,
+        rules: BindRules,
     ) -> StoreResult<BindOutcome> {
         let (a, v) = (account_ref.to_owned(), verification_id.to_owned());
         self.writer
-            .write(move |c| ops::bind(c, &a, &v, now, window_ms))
+            .write(move |c| ops::bind(c, &a, &v, now, rules))
             .await
     }
 

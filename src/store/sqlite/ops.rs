@@ -645,7 +645,7 @@ pub fn bind(
     account_ref: &str,
     verification_id: &str,
     now: Millis,
-    window_ms: i64,
+    rules: BindRules,
 ) -> StoreResult<BindOutcome> {
     let Some(v) = load_verification(c, verification_id)? else {
         return Ok(BindOutcome::VerificationNotFound);
@@ -666,24 +666,52 @@ pub fn bind(
             return Ok(BindOutcome::Bound {
                 binding: b.clone(),
                 replaced: false,
+                superseded: 0,
             });
         }
     }
-    if now - approved_at > window_ms {
+    if now - approved_at > rules.approval_window_ms {
         return Ok(BindOutcome::Stale);
+    }
+    // The cap counts every other account bound to the number within the window, ended
+    // bindings included: unbinding (or deleting the account) does not free a place.
+    let others: i64 = c
+        .prepare_cached(
+            "SELECT COUNT(DISTINCT account_ref) FROM bindings
+             WHERE subject_id = ?1 AND verified_at > ?2 AND account_ref <> ?3",
+        )?
+        .query_row(
+            params![v.subject_id, now - rules.cap_window_ms, account_ref],
+            |r| r.get(0),
+        )?;
+    if others >= i64::from(rules.max_accounts) {
+        return Ok(BindOutcome::PhoneLimitReached);
     }
     let replaced = existing.is_some();
     if replaced {
         c.prepare_cached("UPDATE bindings SET ended_at = ?2, end_reason = 'replaced' WHERE account_ref = ?1 AND ended_at IS NULL")?
             .execute(params![account_ref, now])?;
     }
+    let superseded = if rules.one_verified_holder {
+        c.prepare_cached(
+            "UPDATE bindings SET ended_at = ?2, end_reason = 'superseded'
+             WHERE subject_id = ?1 AND ended_at IS NULL AND account_ref <> ?3",
+        )?
+        .execute(params![v.subject_id, now, account_ref])? as u32
+    } else {
+        0
+    };
     c.prepare_cached(
         "INSERT INTO bindings (account_ref, subject_id, verification_id, verified_at) VALUES (?1, ?2, ?3, ?4)",
     )?
     .execute(params![account_ref, v.subject_id, verification_id, approved_at])?;
     let binding = binding_by_account(c, account_ref)?
         .ok_or_else(|| internal("binding vanished inside its transaction"))?;
-    Ok(BindOutcome::Bound { binding, replaced })
+    Ok(BindOutcome::Bound {
+        binding,
+        replaced,
+        superseded,
+    })
 }
 
 pub fn get_binding(c: &Connection, account_ref: &str) -> StoreResult<Option<BindingRow>> {
