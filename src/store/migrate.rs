@@ -159,6 +159,24 @@ const TABLES: &[Table] = &[
         ],
         identity: None,
     },
+    Table {
+        name: "decisions",
+        order_by: "id",
+        columns: &[
+            ("id", Int8),
+            ("at", Int8),
+            ("service_id", Text),
+            ("verification_id", Text),
+            ("action", Text),
+            ("reasons", Text),
+            ("factors", Text),
+            ("channel", Text),
+            ("country_code", Int4),
+            ("region", Text),
+            ("number_type", Text),
+        ],
+        identity: Some("id"),
+    },
 ];
 
 /// What was copied and verified, per table.

@@ -291,6 +291,35 @@ pub struct BindingRow {
     pub verified_at: Millis,
 }
 
+/// An anti-abuse decision that kept a message from going out, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionRecord {
+    pub id: i64,
+    pub at: Millis,
+    pub service_id: String,
+    /// The shadow-blocked verification; `None` for a block.
+    pub verification_id: Option<String>,
+    /// `block` or `shadow_block`.
+    pub action: String,
+    pub reasons: Vec<String>,
+    /// JSON array of `{"name", "value"}`.
+    pub factors: String,
+    pub channel: String,
+    pub country_code: u16,
+    pub region: Option<String>,
+    pub number_type: String,
+}
+
+/// Which decisions to list: newest first, before `before_id` (paging), with `reason`
+/// among their reasons.
+#[derive(Debug, Clone, Default)]
+pub struct DecisionFilter {
+    pub reason: Option<String>,
+    pub service_id: Option<String>,
+    pub before_id: Option<i64>,
+    pub limit: u32,
+}
+
 /// What a binding must respect (from the settings and the verification's service).
 #[derive(Debug, Clone, Copy)]
 pub struct BindRules {
@@ -411,6 +440,10 @@ pub trait Store: Send + Sync + 'static {
         rules: BindRules,
     ) -> StoreResult<BindOutcome>;
     async fn get_binding(&self, account_ref: &str) -> StoreResult<Option<BindingRow>>;
+
+    /// Records a decision (its `id` is assigned); returns the id.
+    async fn record_decision(&self, d: DecisionRecord) -> StoreResult<i64>;
+    async fn list_decisions(&self, f: DecisionFilter) -> StoreResult<Vec<DecisionRecord>>;
     async fn unbind_account(&self, account_ref: &str, now: Millis) -> StoreResult<bool>;
 
     /// Claims up to `limit` due messages for `lease_ms`; messages past their code's

@@ -19,7 +19,10 @@ use super::*;
 use crate::crypto::CodeHasher;
 use crate::verify::{self, CheckPlan, CheckState, PendingState, StartPlan};
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_decisions.sql")),
+];
 
 /// Pool and timeout settings.
 #[derive(Debug, Clone)]
@@ -537,6 +540,63 @@ impl Store for PgStore {
         .bind(now)
         .fetch_optional(&self.pool)
         .await?)
+    }
+
+    async fn record_decision(&self, d: DecisionRecord) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO decisions (at, service_id, verification_id, action, reasons, factors, channel,
+                                    country_code, region, number_type)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+        )
+        .bind(d.at)
+        .bind(&d.service_id)
+        .bind(&d.verification_id)
+        .bind(&d.action)
+        .bind(d.reasons.join(","))
+        .bind(&d.factors)
+        .bind(&d.channel)
+        .bind(i32::from(d.country_code))
+        .bind(&d.region)
+        .bind(&d.number_type)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn list_decisions(&self, f: DecisionFilter) -> StoreResult<Vec<DecisionRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, at, service_id, verification_id, action, reasons, factors, channel, country_code,
+                    region, number_type
+             FROM decisions
+             WHERE id < $1 AND ($2::text IS NULL OR (',' || reasons || ',') LIKE '%,' || $2 || ',%')
+               AND ($3::text IS NULL OR service_id = $3)
+             ORDER BY id DESC LIMIT $4",
+        )
+        .bind(f.before_id.unwrap_or(i64::MAX))
+        .bind(&f.reason)
+        .bind(&f.service_id)
+        .bind(i64::from(f.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| -> Result<DecisionRecord, sqlx::Error> {
+                let reasons: String = r.try_get(5)?;
+                let cc: i32 = r.try_get(8)?;
+                Ok(DecisionRecord {
+                    id: r.try_get(0)?,
+                    at: r.try_get(1)?,
+                    service_id: r.try_get(2)?,
+                    verification_id: r.try_get(3)?,
+                    action: r.try_get(4)?,
+                    reasons: reasons.split(',').map(str::to_owned).collect(),
+                    factors: r.try_get(6)?,
+                    channel: r.try_get(7)?,
+                    country_code: u16::try_from(cc).unwrap_or(0),
+                    region: r.try_get(9)?,
+                    number_type: r.try_get(10)?,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(Into::into)
     }
 
     async fn verification_owner(&self, id: &str) -> StoreResult<Option<(BlindIndex, String)>> {

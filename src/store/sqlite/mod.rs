@@ -25,7 +25,10 @@ use super::*;
 use crate::crypto::CodeHasher;
 use writer::Writer;
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_decisions.sql")),
+];
 
 const READERS: usize = 4;
 
@@ -305,6 +308,16 @@ impl Store for SqliteStore {
         let (bi, service_id) = (*bi, service_id.to_owned());
         self.read(move |c| ops::find_pending(c, &bi, &service_id, now))
             .await
+    }
+
+    async fn record_decision(&self, d: DecisionRecord) -> StoreResult<i64> {
+        self.writer
+            .write(move |c| ops::record_decision(c, &d))
+            .await
+    }
+
+    async fn list_decisions(&self, f: DecisionFilter) -> StoreResult<Vec<DecisionRecord>> {
+        self.read(move |c| ops::list_decisions(c, &f)).await
     }
 
     async fn verification_owner(&self, id: &str) -> StoreResult<Option<(BlindIndex, String)>> {

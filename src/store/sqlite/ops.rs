@@ -725,6 +725,62 @@ pub fn unbind(c: &Connection, account_ref: &str, now: Millis) -> StoreResult<boo
     Ok(n > 0)
 }
 
+// ---------------------------------------------------------------- decisions
+
+pub fn record_decision(c: &Connection, d: &DecisionRecord) -> StoreResult<i64> {
+    c.prepare_cached(
+        "INSERT INTO decisions (at, service_id, verification_id, action, reasons, factors, channel,
+                                country_code, region, number_type)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        d.at,
+        d.service_id,
+        d.verification_id,
+        d.action,
+        d.reasons.join(","),
+        d.factors,
+        d.channel,
+        d.country_code,
+        d.region,
+        d.number_type
+    ])?;
+    Ok(c.last_insert_rowid())
+}
+
+pub fn list_decisions(c: &Connection, f: &DecisionFilter) -> StoreResult<Vec<DecisionRecord>> {
+    let rows = c
+        .prepare_cached(
+            "SELECT id, at, service_id, verification_id, action, reasons, factors, channel, country_code,
+                    region, number_type
+             FROM decisions
+             WHERE id < ?1 AND (?2 IS NULL OR (',' || reasons || ',') LIKE '%,' || ?2 || ',%')
+               AND (?3 IS NULL OR service_id = ?3)
+             ORDER BY id DESC LIMIT ?4",
+        )?
+        .query_map(
+            params![f.before_id.unwrap_or(i64::MAX), f.reason, f.service_id, f.limit],
+            |r| {
+                let reasons: String = r.get(5)?;
+                Ok(DecisionRecord {
+                    id: r.get(0)?,
+                    at: r.get(1)?,
+                    service_id: r.get(2)?,
+                    verification_id: r.get(3)?,
+                    action: r.get(4)?,
+                    reasons: reasons.split(',').map(str::to_owned).collect(),
+                    factors: r.get(6)?,
+                    channel: r.get(7)?,
+                    country_code: r.get(8)?,
+                    region: r.get(9)?,
+                    number_type: r.get(10)?,
+                })
+            },
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
 // ---------------------------------------------------------------- outbox
 
 pub fn claim_outbox(
