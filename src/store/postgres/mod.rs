@@ -695,55 +695,82 @@ impl Store for PgStore {
         results: Vec<(i64, DeliveryResult)>,
         now: Millis,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        // A round's sends and retries take one statement each, whatever their number;
+        // failures (rare, and each may fail its verification) one by one. Each message
+        // counts once, as its first result says: later ones would find it no longer
+        // `sending`, as they would one after the other.
+        let mut seen = std::collections::HashSet::new();
+        let (mut sent, mut provider_refs) = (Vec::new(), Vec::new());
+        let (mut retried, mut retry_at, mut retry_errors) = (Vec::new(), Vec::new(), Vec::new());
+        let mut failed = Vec::new();
         for (id, result) in &results {
+            if !seen.insert(*id) {
+                continue;
+            }
             match result {
                 DeliveryResult::Sent { provider_ref } => {
-                    sqlx::query(
-                        "UPDATE outbox SET status = 'sent', payload = NULL, lease_until = NULL, provider_ref = $2, updated_at = $3
-                         WHERE id = $1 AND status = 'sending'",
-                    )
-                    .bind(id)
-                    .bind(provider_ref)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+                    sent.push(*id);
+                    provider_refs.push(provider_ref.as_deref());
                 }
                 DeliveryResult::Retry { at, error } => {
-                    sqlx::query(
-                        "UPDATE outbox SET status = 'retry', next_attempt_at = $2, lease_until = NULL, last_error = $3, updated_at = $4
-                         WHERE id = $1 AND status = 'sending'",
-                    )
-                    .bind(id)
-                    .bind(at)
-                    .bind(error)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+                    retried.push(*id);
+                    retry_at.push(*at);
+                    retry_errors.push(error.as_str());
                 }
-                DeliveryResult::Failed { error } => {
-                    let vid: Option<String> = sqlx::query_scalar(
-                        "UPDATE outbox SET status = 'failed', payload = NULL, lease_until = NULL, last_error = $2, updated_at = $3
-                         WHERE id = $1 AND status = 'sending' RETURNING verification_id",
-                    )
-                    .bind(id)
-                    .bind(error)
-                    .bind(now)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    if let Some(vid) = vid {
-                        sqlx::query(
-                            "UPDATE verifications SET status = 'failed', code_hash = NULL, updated_at = $2
-                             WHERE id = $1 AND status = 'pending'
-                               AND NOT EXISTS (SELECT 1 FROM outbox WHERE verification_id = $1
-                                               AND status IN ('sent', 'queued', 'sending', 'retry'))",
-                        )
-                        .bind(vid)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                }
+                DeliveryResult::Failed { error } => failed.push((*id, error.as_str())),
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        if !sent.is_empty() {
+            sqlx::query(
+                "UPDATE outbox o SET status = 'sent', payload = NULL, lease_until = NULL, provider_ref = r.provider_ref,
+                        updated_at = $3
+                 FROM unnest($1::int8[], $2::text[]) AS r(id, provider_ref)
+                 WHERE o.id = r.id AND o.status = 'sending'",
+            )
+            .bind(&sent)
+            .bind(&provider_refs)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !retried.is_empty() {
+            sqlx::query(
+                "UPDATE outbox o SET status = 'retry', next_attempt_at = r.at, lease_until = NULL, last_error = r.error,
+                        updated_at = $4
+                 FROM unnest($1::int8[], $2::int8[], $3::text[]) AS r(id, at, error)
+                 WHERE o.id = r.id AND o.status = 'sending'",
+            )
+            .bind(&retried)
+            .bind(&retry_at)
+            .bind(&retry_errors)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        // After the others: whether a verification still has a live message counts
+        // sent and retried ones alike, so the order changes nothing.
+        for (id, error) in failed {
+            let vid: Option<String> = sqlx::query_scalar(
+                "UPDATE outbox SET status = 'failed', payload = NULL, lease_until = NULL, last_error = $2, updated_at = $3
+                 WHERE id = $1 AND status = 'sending' RETURNING verification_id",
+            )
+            .bind(id)
+            .bind(error)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(vid) = vid {
+                sqlx::query(
+                    "UPDATE verifications SET status = 'failed', code_hash = NULL, updated_at = $2
+                     WHERE id = $1 AND status = 'pending'
+                       AND NOT EXISTS (SELECT 1 FROM outbox WHERE verification_id = $1
+                                       AND status IN ('sent', 'queued', 'sending', 'retry'))",
+                )
+                .bind(vid)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
             }
         }
         tx.commit().await?;
