@@ -406,3 +406,52 @@ async fn concurrent_checks_of_many_verifications_each_count_alone() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_wrong_codes_stop_at_the_limit_and_lock_the_number_out() {
+    each_backend(|b| async move {
+        let svc = b
+            .service("signup", |c| {
+                c.max_check_attempts = 5;
+                c.lockout_seconds = 600;
+            })
+            .await;
+        let v = b.start(&svc, &mobile(1)).started().await;
+        let outs = check_all(&b, (0..40).map(|_| (v.id.clone(), WRONG)).collect()).await;
+
+        let (mut left, mut refused) = (Vec::new(), 0);
+        for out in &outs {
+            match out {
+                CheckOutcome::Wrong { attempts_left, .. } => left.push(*attempts_left),
+                CheckOutcome::Refused {
+                    why: VerifyError::MaxAttemptsReached { retry_after_ms },
+                    v,
+                } => {
+                    assert_eq!(*retry_after_ms, 600_000, "the lockout's full length");
+                    assert_eq!(
+                        (v.row.status, v.row.attempts),
+                        (Status::MaxAttemptsReached, 5)
+                    );
+                    refused += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        left.sort_unstable();
+        assert_eq!(
+            (left, refused),
+            (vec![1, 2, 3, 4], 36),
+            "five attempts counted, once each"
+        );
+        let row = b.details(&v.id).await.row;
+        assert_eq!((row.status, row.attempts), (Status::MaxAttemptsReached, 5));
+        assert!(!b.inspect.has_code_hash(&v.id).await, "the code is erased");
+        assert_eq!(b.message_statuses(&v.id).await, ["canceled"]);
+        let again = b.start(&svc, &mobile(1)).at(T0 + 120 * SECOND).send().await;
+        assert!(
+            matches!(again, StartOutcome::Refused(VerifyError::LockedOut { .. })),
+            "the number is locked out: {again:?}"
+        );
+    })
+    .await;
+}

@@ -2,11 +2,12 @@
 //!
 //! One statement locks every verification the batch checks (in id order, so that two
 //! batches, or a batch and a start batch, never wait on each other in a cycle) together
-//! with its subject and its lockout. Each check is then decided in order by the pure
+//! with its subject. Each check is then decided in order by the pure
 //! `verify::plan_check` against the state the checks before it left: of several checks
 //! of one verification in a batch, the second sees the first's approval or wrong
 //! attempt exactly as it would after the first's commit. One more statement writes all
-//! the changes (verifications, lockouts, the messages of verifications that ended).
+//! the changes (verifications, lockouts, the messages of verifications that ended); a
+//! last one, only when needed, reads the lockouts that refusals report.
 
 use std::collections::HashMap;
 
@@ -57,9 +58,8 @@ pub(super) async fn run(
 
     let mut tx = pool.begin().await?;
     let rows = sqlx::query(&format!(
-        "SELECT {VERIFICATION_COLUMNS}, {SUBJECT_COLUMNS}, v.code_hash, v.lockout_ms, l.until
+        "SELECT {VERIFICATION_COLUMNS}, {SUBJECT_COLUMNS}, v.code_hash, v.lockout_ms
          FROM verifications v JOIN subjects s ON s.id = v.subject_id
-         LEFT JOIN lockouts l ON l.subject_id = v.subject_id AND l.service_id = v.service_id
          WHERE v.id = ANY($1) ORDER BY v.id FOR UPDATE OF v"
     ))
     .bind(&ids)
@@ -67,14 +67,13 @@ pub(super) async fn run(
     .await?;
 
     let mut current: HashMap<String, Current> = HashMap::with_capacity(rows.len());
-    // Lockouts by (subject, service), as stored and as this batch raised them.
-    let mut lockouts: HashMap<(i64, String), Millis> = HashMap::new();
+    // Lockouts by (subject, service) that this batch raises.
     let mut raised: HashMap<(i64, String), Millis> = HashMap::new();
+    // Refusals of verifications whose attempts were used up earlier: they report the
+    // lockout, read once the batch's own are written.
+    let mut locked_out: Vec<(usize, (i64, String), Checked, Millis)> = Vec::new();
     for r in &rows {
         let row = verification_from(r)?;
-        if let Some(until) = r.try_get::<Option<Millis>, _>(23)? {
-            lockouts.insert((row.subject_id, row.service_id.clone()), until);
-        }
         current.insert(
             row.id.clone(),
             Current {
@@ -109,13 +108,8 @@ pub(super) async fn run(
         let lockout_key = (cur.row.subject_id, cur.row.service_id.clone());
         let out = match verify::plan_check(&state, matches, now) {
             Err(VerifyError::MaxAttemptsReached { .. }) => {
-                let until = lockouts.get(&lockout_key);
-                CheckOutcome::Refused {
-                    v: cur.checked(),
-                    why: VerifyError::MaxAttemptsReached {
-                        retry_after_ms: until.map_or(0, |u| (u - now).max(0)),
-                    },
-                }
+                locked_out.push((outs.len(), lockout_key, cur.checked(), now));
+                CheckOutcome::NotFound
             }
             Err(why) => CheckOutcome::Refused {
                 v: cur.checked(),
@@ -137,10 +131,8 @@ pub(super) async fn run(
                 }
                 cur.changed = true;
                 if let CheckPlan::Exhausted { locked_until } = plan {
-                    for map in [&mut lockouts, &mut raised] {
-                        let u = map.entry(lockout_key.clone()).or_insert(locked_until);
-                        *u = (*u).max(locked_until);
-                    }
+                    let u = raised.entry(lockout_key).or_insert(locked_until);
+                    *u = (*u).max(locked_until);
                     cur.end_messages = Some(("canceled", now));
                     CheckOutcome::Refused {
                         v: cur.checked(),
@@ -226,6 +218,34 @@ pub(super) async fn run(
         .bind(&ended_at)
         .execute(&mut *tx)
         .await?;
+    }
+    if !locked_out.is_empty() {
+        // Read after the rows were locked (not with them): a lockout committed by the
+        // check that used up the last attempt while this batch waited for the row is
+        // seen, as a check of its own would see it.
+        let (subjects, services): (Vec<i64>, Vec<&str>) = locked_out
+            .iter()
+            .map(|(_, (subject, service), _, _)| (*subject, service.as_str()))
+            .unzip();
+        let rows = sqlx::query(
+            "SELECT l.subject_id, l.service_id, l.until FROM lockouts l
+             JOIN unnest($1::int8[], $2::text[]) AS k(subject_id, service_id)
+               ON l.subject_id = k.subject_id AND l.service_id = k.service_id",
+        )
+        .bind(&subjects)
+        .bind(&services)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut until: HashMap<(i64, String), Millis> = HashMap::with_capacity(rows.len());
+        for r in &rows {
+            until.insert((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?);
+        }
+        for (i, key, v, now) in locked_out {
+            let why = VerifyError::MaxAttemptsReached {
+                retry_after_ms: until.get(&key).map_or(0, |u| (u - now).max(0)),
+            };
+            outs[i] = Ok(CheckOutcome::Refused { v, why });
+        }
     }
     tx.commit().await?;
     Ok(outs)
