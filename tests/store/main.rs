@@ -12,9 +12,11 @@
 mod backend;
 mod fixtures;
 mod postgres;
+mod postgres_batches;
 mod sqlite;
 
 mod api_keys;
+mod batching;
 mod bindings;
 mod check;
 mod concurrency;

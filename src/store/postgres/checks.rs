@@ -1,0 +1,252 @@
+//! Checks, applied a batch at a time (see `batch.rs`).
+//!
+//! One statement locks every verification the batch checks (in id order, so that two
+//! batches, or a batch and a start batch, never wait on each other in a cycle) together
+//! with its subject. Each check is then decided in order by the pure
+//! `verify::plan_check` against the state the checks before it left: of several checks
+//! of one verification in a batch, the second sees the first's approval or wrong
+//! attempt exactly as it would after the first's commit. One more statement writes all
+//! the changes (verifications, lockouts, the messages of verifications that ended); a
+//! last one, only when needed, reads the lockouts that refusals report.
+
+use std::collections::HashMap;
+
+use sqlx::{PgPool, Row};
+
+use super::{subject_from, verification_from, SUBJECT_COLUMNS, VERIFICATION_COLUMNS};
+use crate::clock::Millis;
+use crate::crypto::CodeHasher;
+use crate::store::{CheckOutcome, Checked, StoreResult, SubjectSecrets, VerificationRow};
+use crate::verify::{self, CheckPlan, CheckState, OtpCode, Status, VerifyError};
+
+/// One check of a code.
+pub(super) struct CheckReq {
+    pub id: String,
+    pub code: OtpCode,
+    pub now: Millis,
+}
+
+/// A verification as the checks of the batch so far left it.
+struct Current {
+    row: VerificationRow,
+    subject: SubjectSecrets,
+    code_hash: Option<Vec<u8>>,
+    lockout_ms: i64,
+    changed: bool,
+    /// Its queued messages end with this status, at this time.
+    end_messages: Option<(&'static str, Millis)>,
+}
+
+impl Current {
+    fn checked(&self) -> Checked {
+        Checked {
+            row: self.row.clone(),
+            subject: self.subject.clone(),
+        }
+    }
+}
+
+/// Applies a batch of checks in one transaction; see the module's comment.
+pub(super) async fn run(
+    pool: &PgPool,
+    codes: &CodeHasher,
+    reqs: Vec<CheckReq>,
+) -> StoreResult<Vec<StoreResult<CheckOutcome>>> {
+    let mut ids: Vec<&str> = reqs.iter().map(|r| r.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query(&format!(
+        "SELECT {VERIFICATION_COLUMNS}, {SUBJECT_COLUMNS}, v.code_hash, v.lockout_ms
+         FROM verifications v JOIN subjects s ON s.id = v.subject_id
+         WHERE v.id = ANY($1) ORDER BY v.id FOR UPDATE OF v"
+    ))
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+
+    let mut current: HashMap<String, Current> = HashMap::with_capacity(rows.len());
+    // Lockouts by (subject, service) that this batch raises.
+    let mut raised: HashMap<(i64, String), Millis> = HashMap::new();
+    // Refusals of verifications whose attempts were used up earlier: they report the
+    // lockout, read once the batch's own are written.
+    let mut locked_out: Vec<(usize, (i64, String), Checked, Millis)> = Vec::new();
+    for r in &rows {
+        let row = verification_from(r)?;
+        current.insert(
+            row.id.clone(),
+            Current {
+                subject: subject_from(r, 17)?,
+                code_hash: r.try_get(21)?,
+                lockout_ms: r.try_get(22)?,
+                row,
+                changed: false,
+                end_messages: None,
+            },
+        );
+    }
+
+    let mut outs = Vec::with_capacity(reqs.len());
+    for req in &reqs {
+        let Some(cur) = current.get_mut(&req.id) else {
+            outs.push(Ok(CheckOutcome::NotFound));
+            continue;
+        };
+        let now = req.now;
+        let matches = cur
+            .code_hash
+            .as_deref()
+            .is_some_and(|h| codes.matches(&req.id, req.code.expose(), h));
+        let state = CheckState {
+            status: cur.row.status,
+            expires_at: cur.row.expires_at,
+            attempts: cur.row.attempts,
+            max_attempts: cur.row.max_attempts,
+            lockout_seconds: u32::try_from(cur.lockout_ms / 1000).unwrap_or(u32::MAX),
+        };
+        let lockout_key = (cur.row.subject_id, cur.row.service_id.clone());
+        let out = match verify::plan_check(&state, matches, now) {
+            Err(VerifyError::MaxAttemptsReached { .. }) => {
+                locked_out.push((outs.len(), lockout_key, cur.checked(), now));
+                CheckOutcome::NotFound
+            }
+            Err(why) => CheckOutcome::Refused {
+                v: cur.checked(),
+                why,
+            },
+            Ok(CheckPlan::Approve) => {
+                cur.row = cur.row.clone().approved(now);
+                cur.code_hash = None;
+                cur.changed = true;
+                cur.end_messages = Some(("canceled", now));
+                CheckOutcome::Approved(cur.checked())
+            }
+            Ok(plan @ (CheckPlan::Wrong { .. } | CheckPlan::Exhausted { .. })) => {
+                cur.row.attempts += 1;
+                cur.row.updated_at = now;
+                if cur.row.attempts >= cur.row.max_attempts {
+                    cur.row.status = Status::MaxAttemptsReached;
+                    cur.code_hash = None;
+                }
+                cur.changed = true;
+                if let CheckPlan::Exhausted { locked_until } = plan {
+                    let u = raised.entry(lockout_key).or_insert(locked_until);
+                    *u = (*u).max(locked_until);
+                    cur.end_messages = Some(("canceled", now));
+                    CheckOutcome::Refused {
+                        v: cur.checked(),
+                        why: VerifyError::MaxAttemptsReached {
+                            retry_after_ms: locked_until - now,
+                        },
+                    }
+                } else {
+                    CheckOutcome::Wrong {
+                        v: cur.checked(),
+                        attempts_left: cur.row.max_attempts.saturating_sub(cur.row.attempts),
+                    }
+                }
+            }
+            Ok(CheckPlan::Expire) => {
+                cur.row.status = Status::Expired;
+                cur.row.updated_at = now;
+                cur.code_hash = None;
+                cur.changed = true;
+                cur.end_messages = Some(("expired", now));
+                CheckOutcome::Refused {
+                    v: cur.checked(),
+                    why: VerifyError::Expired,
+                }
+            }
+        };
+        outs.push(Ok(out));
+    }
+
+    let changed: Vec<&Current> = current.values().filter(|c| c.changed).collect();
+    if !changed.is_empty() {
+        let (mut id, mut status, mut attempts, mut approved_at, mut updated_at, mut clear_hash) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut ended, mut end_status, mut ended_at) = (vec![], vec![], vec![]);
+        for c in &changed {
+            id.push(c.row.id.as_str());
+            status.push(c.row.status.as_str());
+            attempts.push(c.row.attempts as i32);
+            approved_at.push(c.row.approved_at);
+            updated_at.push(c.row.updated_at);
+            clear_hash.push(c.code_hash.is_none());
+            if let Some((s, at)) = c.end_messages {
+                ended.push(c.row.id.as_str());
+                end_status.push(s);
+                ended_at.push(at);
+            }
+        }
+        let (mut l_subject, mut l_service, mut l_until) = (vec![], vec![], vec![]);
+        for ((subject, service), until) in &raised {
+            l_subject.push(*subject);
+            l_service.push(service.as_str());
+            l_until.push(*until);
+        }
+        // All changes in one statement; each data-modifying part runs to completion
+        // whether or not the others read it.
+        sqlx::query(
+            "WITH changed AS (
+                UPDATE verifications v SET status = c.status, attempts = c.attempts, approved_at = c.approved_at,
+                       updated_at = c.updated_at, code_hash = CASE WHEN c.clear_hash THEN NULL ELSE v.code_hash END
+                FROM unnest($1::text[], $2::text[], $3::int4[], $4::int8[], $5::int8[], $6::bool[])
+                     AS c(id, status, attempts, approved_at, updated_at, clear_hash)
+                WHERE v.id = c.id
+             ), locked AS (
+                INSERT INTO lockouts (subject_id, service_id, until)
+                SELECT * FROM unnest($7::int8[], $8::text[], $9::int8[])
+                ON CONFLICT (subject_id, service_id) DO UPDATE SET until = GREATEST(lockouts.until, excluded.until)
+             )
+             UPDATE outbox o SET status = e.status, payload = NULL, lease_until = NULL, updated_at = e.at
+             FROM unnest($10::text[], $11::text[], $12::int8[]) AS e(verification_id, status, at)
+             WHERE o.verification_id = e.verification_id AND o.status IN ('queued', 'sending', 'retry')",
+        )
+        .bind(&id)
+        .bind(&status)
+        .bind(&attempts)
+        .bind(&approved_at)
+        .bind(&updated_at)
+        .bind(&clear_hash)
+        .bind(&l_subject)
+        .bind(&l_service)
+        .bind(&l_until)
+        .bind(&ended)
+        .bind(&end_status)
+        .bind(&ended_at)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !locked_out.is_empty() {
+        // Read after the rows were locked (not with them): a lockout committed by the
+        // check that used up the last attempt while this batch waited for the row is
+        // seen, as a check of its own would see it.
+        let (subjects, services): (Vec<i64>, Vec<&str>) = locked_out
+            .iter()
+            .map(|(_, (subject, service), _, _)| (*subject, service.as_str()))
+            .unzip();
+        let rows = sqlx::query(
+            "SELECT l.subject_id, l.service_id, l.until FROM lockouts l
+             JOIN unnest($1::int8[], $2::text[]) AS k(subject_id, service_id)
+               ON l.subject_id = k.subject_id AND l.service_id = k.service_id",
+        )
+        .bind(&subjects)
+        .bind(&services)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut until: HashMap<(i64, String), Millis> = HashMap::with_capacity(rows.len());
+        for r in &rows {
+            until.insert((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?);
+        }
+        for (i, key, v, now) in locked_out {
+            let why = VerifyError::MaxAttemptsReached {
+                retry_after_ms: until.get(&key).map_or(0, |u| (u - now).max(0)),
+            };
+            outs[i] = Ok(CheckOutcome::Refused { v, why });
+        }
+    }
+    tx.commit().await?;
+    Ok(outs)
+}

@@ -1,0 +1,344 @@
+//! Starts, applied a batch at a time (see `batch.rs`).
+//!
+//! The common start is a number seen for the first time, without an Idempotency-Key:
+//! for those the batch inserts every subject, verification and message with three
+//! statements whatever the batch's size. Every other start (a known number, an
+//! Idempotency-Key, a second start of one number in the same batch) runs the
+//! one-at-a-time `start` inside the same transaction, in a savepoint of its own, so
+//! that its failure rolls back only its own writes.
+//!
+//! Locks are what keep this equivalent to one transaction per start: the batch first
+//! takes the advisory lock of every number it holds, in sorted order (so two batches
+//! never wait on each other in a cycle), exactly the lock `start` takes for one number.
+//! The slow path then locks, in id order, the pending verifications it may change, the
+//! order in which check batches lock them.
+
+use std::collections::{HashMap, HashSet};
+
+use sqlx::{PgPool, Postgres, Row, Transaction};
+
+use super::{advisory_lock_key, start, LOCK_SUBJECT};
+use crate::crypto::CodeHasher;
+use crate::store::{
+    NewSubject, NewVerification, Sealed, StartCmd, StartOutcome, StoreError, StoreResult,
+    VerificationRow,
+};
+
+/// Applies a batch of starts in one transaction; see the module's comment.
+//
+// A `StartCmd` is `Send` but not `Sync` (its reseal closure), so no `&StartCmd` may
+// live across an `await`: what the statements need is taken out of the commands first.
+pub(super) async fn run(
+    pool: &PgPool,
+    codes: &CodeHasher,
+    cmds: Vec<StartCmd>,
+) -> StoreResult<Vec<StoreResult<StartOutcome>>> {
+    let keys = lock_keys(&cmds);
+    let mut tx = pool.begin().await?;
+    lock_numbers(&mut tx, &keys).await?;
+    let mut fast = match fast_path(&mut tx, fresh_starts(codes, &cmds)).await {
+        Ok(fast) => fast,
+        // The connection or the server failed: so would everything else.
+        Err(e @ StoreError::Unavailable(_)) => return Err(e),
+        // One of the commands is at fault (the whole statement failed with it): start
+        // over and give each command its own savepoint, so it fails alone.
+        Err(e) => {
+            tracing::warn!(error = %e, starts = cmds.len(), "batched start failed; starting one at a time");
+            tx.rollback().await?;
+            tx = pool.begin().await?;
+            lock_numbers(&mut tx, &keys).await?;
+            HashMap::new()
+        }
+    };
+    let mut outs: Vec<Option<StoreResult<StartOutcome>>> = Vec::with_capacity(cmds.len());
+    let mut slow = Vec::new();
+    for (i, cmd) in cmds.into_iter().enumerate() {
+        match fast.remove(&i) {
+            Some(row) => outs.push(Some(Ok(StartOutcome::Started {
+                verification: row,
+                resent: false,
+            }))),
+            None => {
+                outs.push(None);
+                slow.push((i, cmd));
+            }
+        }
+    }
+    if !slow.is_empty() {
+        let numbers: Vec<[u8; 32]> = slow.iter().map(|(_, c)| c.blind_index.0).collect();
+        lock_pending(&mut tx, &numbers).await?;
+        for (i, cmd) in slow {
+            outs[i] = Some(one_by_one(&mut tx, codes, cmd).await?);
+        }
+    }
+    tx.commit().await?;
+    Ok(outs
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Err(StoreError::Internal("a start was not applied".into()))))
+        .collect())
+}
+
+/// The advisory-lock keys of the batch's numbers, sorted, each once.
+fn lock_keys(cmds: &[StartCmd]) -> Vec<i32> {
+    let mut keys: Vec<i32> = cmds
+        .iter()
+        .map(|c| advisory_lock_key(&c.blind_index.0))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// Takes the advisory locks of the batch's numbers, in the (sorted) order given.
+async fn lock_numbers(tx: &mut Transaction<'_, Postgres>, keys: &[i32]) -> StoreResult<()> {
+    // `unnest` yields the array in order, and the locks are taken row by row.
+    sqlx::query("SELECT count(pg_advisory_xact_lock($1, k)) FROM unnest($2::int4[]) AS k")
+        .bind(LOCK_SUBJECT)
+        .bind(keys)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Locks, in id order, the pending verifications of the numbers the slow path handles:
+/// the order in which check batches lock them, so that the two never deadlock.
+async fn lock_pending(tx: &mut Transaction<'_, Postgres>, numbers: &[[u8; 32]]) -> StoreResult<()> {
+    let bis: Vec<&[u8]> = numbers.iter().map(|b| &b[..]).collect();
+    sqlx::query(
+        "SELECT v.id FROM verifications v JOIN subjects s ON s.id = v.subject_id
+         WHERE s.blind_index = ANY($1) AND v.status = 'pending' ORDER BY v.id FOR UPDATE OF v",
+    )
+    .bind(&bis)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// One start through the one-at-a-time path, in a savepoint: its error rolls back its
+/// own writes and is its answer; an error of the savepoint itself is the batch's.
+async fn one_by_one(
+    tx: &mut Transaction<'_, Postgres>,
+    codes: &CodeHasher,
+    cmd: StartCmd,
+) -> StoreResult<StoreResult<StartOutcome>> {
+    sqlx::query("SAVEPOINT one_start")
+        .execute(&mut **tx)
+        .await?;
+    match start(tx, codes, cmd).await {
+        Ok(out) => {
+            sqlx::query("RELEASE SAVEPOINT one_start")
+                .execute(&mut **tx)
+                .await?;
+            Ok(Ok(out))
+        }
+        Err(e) => {
+            sqlx::query("ROLLBACK TO SAVEPOINT one_start")
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query("RELEASE SAVEPOINT one_start")
+                .execute(&mut **tx)
+                .await?;
+            Ok(Err(e))
+        }
+    }
+}
+
+/// A start that may take the fast path, borrowed from its command.
+struct FreshStart<'a> {
+    /// The command's position in the batch.
+    pos: usize,
+    blind_index: &'a [u8],
+    subject: &'a NewSubject,
+    sealed: &'a Sealed,
+    /// The verification it creates if the number is new (`subject_id` still unset).
+    row: VerificationRow,
+    code_hash: [u8; 32],
+    lockout_ms: i64,
+}
+
+/// The first start of each number of the batch, among those without an
+/// Idempotency-Key, in batch order.
+fn fresh_starts<'a>(codes: &CodeHasher, cmds: &'a [StartCmd]) -> Vec<FreshStart<'a>> {
+    let mut seen = HashSet::new();
+    cmds.iter()
+        .enumerate()
+        .filter(|(_, c)| c.idempotency.is_none() && seen.insert(c.blind_index.0))
+        .map(|(pos, c)| {
+            let expires_at = c.now + i64::from(c.config.ttl_seconds) * 1000;
+            FreshStart {
+                pos,
+                blind_index: &c.blind_index.0,
+                subject: &c.new_subject,
+                sealed: &c.sealed,
+                row: VerificationRow::pending(
+                    NewVerification {
+                        id: c.id_if_new.clone(),
+                        service_id: c.service_id.clone(),
+                        subject_id: 0,
+                        channel: c.channel,
+                        locale: c.locale.clone(),
+                        account_ref: c.account_ref.clone(),
+                        purpose: c.purpose.clone(),
+                        test_number: c.sealed.message.is_none(),
+                    },
+                    &c.config,
+                    c.now,
+                    expires_at,
+                ),
+                code_hash: codes.hash(&c.id_if_new, c.code.expose()),
+                lockout_ms: i64::from(c.config.lockout_seconds) * 1000,
+            }
+        })
+        .collect()
+}
+
+/// Inserts the subjects of the fresh starts' numbers, and for each subject that is
+/// new, its verification and its message. Returns the new verifications by their
+/// command's position; the other commands are left for the slow path.
+async fn fast_path(
+    tx: &mut Transaction<'_, Postgres>,
+    fresh: Vec<FreshStart<'_>>,
+) -> StoreResult<HashMap<usize, VerificationRow>> {
+    if fresh.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let n = fresh.len();
+    let (mut bi, mut wrapped_key, mut phone_ct, mut country_code) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut region, mut number_type, mut created_at) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for f in &fresh {
+        bi.push(f.blind_index);
+        wrapped_key.push(&f.subject.wrapped_key[..]);
+        phone_ct.push(&f.subject.phone_ct[..]);
+        country_code.push(i32::from(f.subject.country_code));
+        region.push(f.subject.region.as_deref());
+        number_type.push(f.subject.number_type);
+        created_at.push(f.row.created_at);
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO subjects (blind_index, wrapped_key, phone_ct, country_code, region, number_type, created_at)
+         SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[], $4::int4[], $5::text[], $6::text[], $7::int8[])
+         ON CONFLICT (blind_index) DO NOTHING RETURNING id, blind_index",
+    )
+    .bind(&bi)
+    .bind(&wrapped_key)
+    .bind(&phone_ct)
+    .bind(&country_code)
+    .bind(&region)
+    .bind(&number_type)
+    .bind(&created_at)
+    .fetch_all(&mut **tx)
+    .await?;
+    if inserted.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut new_subjects: HashMap<Vec<u8>, i64> = HashMap::with_capacity(inserted.len());
+    for r in &inserted {
+        new_subjects.insert(r.try_get(1)?, r.try_get(0)?);
+    }
+
+    // A verification (and a message, unless for a test number) per new subject.
+    let mut rows: HashMap<usize, VerificationRow> = HashMap::with_capacity(new_subjects.len());
+    let mut cols = Columns::default();
+    for mut f in fresh {
+        let Some(&subject_id) = new_subjects.get(f.blind_index) else {
+            continue;
+        };
+        f.row.subject_id = subject_id;
+        cols.push(&f);
+        rows.insert(f.pos, f.row);
+    }
+    // The verifications and their messages in one statement; a test number's start
+    // (no payload) queues no message.
+    sqlx::query(
+        "WITH t AS (
+            SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::bytea[], $6::text[],
+                                 $7::text[], $8::text[], $9::bytea[], $10::int4[], $11::int4[], $12::int8[],
+                                 $13::bool[], $14::int8[], $15::int8[], $16::bytea[])
+                AS t(id, service_id, subject_id, channel, code_hash, locale, account_ref, purpose, signals_ct,
+                     max_sends, max_attempts, lockout_ms, test_number, now, expires_at, payload)
+         ), v AS (
+            INSERT INTO verifications (id, service_id, subject_id, status, channel, code_hash, locale, account_ref,
+                    purpose, signals_ct, sends, max_sends, attempts, max_attempts, lockout_ms, test_number, created_at,
+                    updated_at, expires_at, last_sent_at)
+            SELECT id, service_id, subject_id, 'pending', channel, code_hash, locale, account_ref, purpose, signals_ct,
+                   1, max_sends, 0, max_attempts, lockout_ms, test_number, now, now, expires_at, now
+            FROM t
+            RETURNING id
+         )
+         INSERT INTO outbox (verification_id, subject_id, channel, payload, status, next_attempt_at, not_after,
+                             created_at, updated_at)
+         SELECT t.id, t.subject_id, t.channel, t.payload, 'queued', t.now, t.expires_at, t.now, t.now
+         FROM t JOIN v ON v.id = t.id WHERE t.payload IS NOT NULL",
+    )
+    .bind(&cols.id)
+    .bind(&cols.service_id)
+    .bind(&cols.subject_id)
+    .bind(&cols.channel)
+    .bind(&cols.code_hash)
+    .bind(&cols.locale)
+    .bind(&cols.account_ref)
+    .bind(&cols.purpose)
+    .bind(&cols.signals_ct)
+    .bind(&cols.max_sends)
+    .bind(&cols.max_attempts)
+    .bind(&cols.lockout_ms)
+    .bind(&cols.test_number)
+    .bind(&cols.now)
+    .bind(&cols.expires_at)
+    .bind(&cols.payload)
+    .execute(&mut **tx)
+    .await?;
+    Ok(rows)
+}
+
+/// The new verifications, column by column, for `unnest`.
+#[derive(Default)]
+struct Columns<'a> {
+    id: Vec<String>,
+    service_id: Vec<String>,
+    subject_id: Vec<i64>,
+    channel: Vec<&'static str>,
+    code_hash: Vec<Vec<u8>>,
+    locale: Vec<Option<String>>,
+    account_ref: Vec<Option<String>>,
+    purpose: Vec<Option<String>>,
+    signals_ct: Vec<Option<&'a [u8]>>,
+    max_sends: Vec<i32>,
+    max_attempts: Vec<i32>,
+    lockout_ms: Vec<i64>,
+    test_number: Vec<bool>,
+    now: Vec<i64>,
+    expires_at: Vec<i64>,
+    payload: Vec<Option<&'a [u8]>>,
+}
+
+impl<'a> Columns<'a> {
+    fn push(&mut self, f: &FreshStart<'a>) {
+        let r = &f.row;
+        self.id.push(r.id.clone());
+        self.service_id.push(r.service_id.clone());
+        self.subject_id.push(r.subject_id);
+        self.channel.push(r.channel.as_str());
+        self.code_hash.push(f.code_hash.to_vec());
+        self.locale.push(r.locale.clone());
+        self.account_ref.push(r.account_ref.clone());
+        self.purpose.push(r.purpose.clone());
+        self.signals_ct.push(f.sealed.signals_ct.as_deref());
+        self.max_sends.push(r.max_sends as i32);
+        self.max_attempts.push(r.max_attempts as i32);
+        self.lockout_ms.push(f.lockout_ms);
+        self.test_number.push(r.test_number);
+        self.now.push(r.created_at);
+        self.expires_at.push(r.expires_at);
+        self.payload.push(f.sealed.message.as_deref());
+    }
+}
