@@ -186,7 +186,9 @@ async fn a_thousand_correct_checks_over_two_instances_approve_exactly_once() {
     for t in tasks {
         match t.await.unwrap() {
             200 => approved += 1,
-            409 => refused += 1,
+            // Not pending any more, or refused before comparing by the number's guess
+            // budget (shared through Redis: racing checks each hold a reservation).
+            409 | 429 => refused += 1,
             other => panic!("unexpected status {other}"),
         }
     }

@@ -43,6 +43,10 @@ async fn a_postgres_restart_gives_503s_then_recovers_without_losing_anything() {
             "create",
             "--name",
             "outage",
+            "--scope",
+            "verify",
+            "--scope",
+            "admin",
             "--database-url",
             &db_url,
         ])
@@ -96,6 +100,16 @@ async fn a_postgres_restart_gives_503s_then_recovers_without_losing_anything() {
         assert!(Instant::now() < deadline, "serve did not become ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // The clients' numbers are sequential: they share prefixes, whose limit is off here.
+    let patched = client
+        .patch(format!("{base_url}/v1/services/default"))
+        .bearer_auth(&key)
+        .json(&json!({ "abuse": { "limits": { "sends_per_prefix": null } } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 200);
 
     // Four clients start verifications for distinct numbers until told to stop.
     let stop = Arc::new(AtomicBool::new(false));

@@ -117,6 +117,7 @@ async fn a_burst_mixing_new_repeated_known_and_idempotent_starts_answers_each_al
                     StartOutcome::Started {
                         verification,
                         resent: true,
+                        ..
                     },
                 ) => {
                     assert_eq!(verification.id, known[number], "resent on its verification");
@@ -127,6 +128,7 @@ async fn a_burst_mixing_new_repeated_known_and_idempotent_starts_answers_each_al
                     StartOutcome::Started {
                         verification,
                         resent: false,
+                        ..
                     },
                 ) => {
                     started
@@ -240,6 +242,7 @@ pub async fn two_bad_starts_among_many(b: &Backend) -> Vec<usize> {
             StartOutcome::Started {
                 verification,
                 resent: true,
+                ..
             } if i == resend => {
                 assert_eq!(verification.id, known.id);
                 resent += 1;

@@ -1175,7 +1175,7 @@ async fn bind(
     }
     // Bindings of one number, from any account, take turns (after the account's lock,
     // which is always taken first: no cycle).
-    advisory_lock(tx, LOCK_SUBJECT_BINDINGS, v.subject_id).await?;
+    advisory_lock(tx, LOCK_SUBJECT_BINDINGS, &v.subject_id.to_be_bytes()).await?;
     let others: i64 = sqlx::query_scalar(
         "SELECT COUNT(DISTINCT account_ref) FROM bindings
          WHERE subject_id = $1 AND verified_at > $2 AND account_ref <> $3",

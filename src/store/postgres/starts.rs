@@ -54,9 +54,10 @@ pub(super) async fn run(
     let mut slow = Vec::new();
     for (i, cmd) in cmds.into_iter().enumerate() {
         match fast.remove(&i) {
-            Some(row) => outs.push(Some(Ok(StartOutcome::Started {
+            Some((row, claimed_message)) => outs.push(Some(Ok(StartOutcome::Started {
                 verification: row,
                 resent: false,
+                claimed_message,
             }))),
             None => {
                 outs.push(None);
@@ -154,6 +155,8 @@ struct FreshStart<'a> {
     row: VerificationRow,
     code_hash: [u8; 32],
     lockout_ms: i64,
+    /// Set when the message is queued claimed by the caller (`StartCmd::claim_for_ms`).
+    lease_until: Option<i64>,
 }
 
 /// The first start of each number of the batch, among those without an
@@ -187,18 +190,20 @@ fn fresh_starts<'a>(codes: &CodeHasher, cmds: &'a [StartCmd]) -> Vec<FreshStart<
                 ),
                 code_hash: codes.hash(&c.id_if_new, c.code.expose()),
                 lockout_ms: i64::from(c.config.lockout_seconds) * 1000,
+                lease_until: c.claim_for_ms.map(|ms| c.now + ms),
             }
         })
         .collect()
 }
 
 /// Inserts the subjects of the fresh starts' numbers, and for each subject that is
-/// new, its verification and its message. Returns the new verifications by their
-/// command's position; the other commands are left for the slow path.
+/// new, its verification and its message. Returns the new verifications (and the id of
+/// their message when it was queued claimed) by their command's position; the other
+/// commands are left for the slow path.
 async fn fast_path(
     tx: &mut Transaction<'_, Postgres>,
     fresh: Vec<FreshStart<'_>>,
-) -> StoreResult<HashMap<usize, VerificationRow>> {
+) -> StoreResult<HashMap<usize, (VerificationRow, Option<i64>)>> {
     if fresh.is_empty() {
         return Ok(HashMap::new());
     }
@@ -247,6 +252,7 @@ async fn fast_path(
 
     // A verification (and a message, unless for a test number) per new subject.
     let mut rows: HashMap<usize, VerificationRow> = HashMap::with_capacity(new_subjects.len());
+    let mut claimed: HashMap<String, usize> = HashMap::new();
     let mut cols = Columns::default();
     for mut f in fresh {
         let Some(&subject_id) = new_subjects.get(f.blind_index) else {
@@ -254,17 +260,20 @@ async fn fast_path(
         };
         f.row.subject_id = subject_id;
         cols.push(&f);
+        if f.lease_until.is_some() {
+            claimed.insert(f.row.id.clone(), f.pos);
+        }
         rows.insert(f.pos, f.row);
     }
     // The verifications and their messages in one statement; a test number's start
     // (no payload) queues no message.
-    sqlx::query(
+    let queued = sqlx::query(
         "WITH t AS (
             SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::bytea[], $6::text[],
                                  $7::text[], $8::text[], $9::bytea[], $10::int4[], $11::int4[], $12::int8[],
-                                 $13::bool[], $14::int8[], $15::int8[], $16::bytea[])
+                                 $13::bool[], $14::int8[], $15::int8[], $16::bytea[], $17::int8[])
                 AS t(id, service_id, subject_id, channel, code_hash, locale, account_ref, purpose, signals_ct,
-                     max_sends, max_attempts, lockout_ms, test_number, now, expires_at, payload)
+                     max_sends, max_attempts, lockout_ms, test_number, now, expires_at, payload, lease_until)
          ), v AS (
             INSERT INTO verifications (id, service_id, subject_id, status, channel, code_hash, locale, account_ref,
                     purpose, signals_ct, sends, max_sends, attempts, max_attempts, lockout_ms, test_number, created_at,
@@ -274,10 +283,14 @@ async fn fast_path(
             FROM t
             RETURNING id
          )
-         INSERT INTO outbox (verification_id, subject_id, channel, payload, status, next_attempt_at, not_after,
-                             created_at, updated_at)
-         SELECT t.id, t.subject_id, t.channel, t.payload, 'queued', t.now, t.expires_at, t.now, t.now
-         FROM t JOIN v ON v.id = t.id WHERE t.payload IS NOT NULL",
+         INSERT INTO outbox (verification_id, subject_id, channel, payload, status, attempts, next_attempt_at,
+                             lease_until, not_after, created_at, updated_at)
+         SELECT t.id, t.subject_id, t.channel, t.payload,
+                CASE WHEN t.lease_until IS NULL THEN 'queued' ELSE 'sending' END,
+                CASE WHEN t.lease_until IS NULL THEN 0 ELSE 1 END,
+                t.now, t.lease_until, t.expires_at, t.now, t.now
+         FROM t JOIN v ON v.id = t.id WHERE t.payload IS NOT NULL
+         RETURNING verification_id, id",
     )
     .bind(&cols.id)
     .bind(&cols.service_id)
@@ -295,9 +308,20 @@ async fn fast_path(
     .bind(&cols.now)
     .bind(&cols.expires_at)
     .bind(&cols.payload)
-    .execute(&mut **tx)
+    .bind(&cols.lease_until)
+    .fetch_all(&mut **tx)
     .await?;
-    Ok(rows)
+    let mut messages: HashMap<usize, i64> = HashMap::with_capacity(claimed.len());
+    for m in &queued {
+        let vid: String = m.try_get(0)?;
+        if let Some(&pos) = claimed.get(&vid) {
+            messages.insert(pos, m.try_get(1)?);
+        }
+    }
+    Ok(rows
+        .into_iter()
+        .map(|(pos, row)| (pos, (row, messages.get(&pos).copied())))
+        .collect())
 }
 
 /// The new verifications, column by column, for `unnest`.
@@ -319,6 +343,7 @@ struct Columns<'a> {
     now: Vec<i64>,
     expires_at: Vec<i64>,
     payload: Vec<Option<&'a [u8]>>,
+    lease_until: Vec<Option<i64>>,
 }
 
 impl<'a> Columns<'a> {
@@ -340,5 +365,6 @@ impl<'a> Columns<'a> {
         self.now.push(r.created_at);
         self.expires_at.push(r.expires_at);
         self.payload.push(f.sealed.message.as_deref());
+        self.lease_until.push(f.lease_until);
     }
 }
