@@ -38,18 +38,27 @@ use crate::clock::Millis;
 
 const SHARDS: usize = 16;
 
-/// The default bound on keys: about 100 MB at worst with keys of the maximum length.
-pub const DEFAULT_MAX_ENTRIES: usize = 500_000;
+/// The default bound on keys: about 25 MB at worst (an entry is about 60 bytes and a
+/// hash table is up to half empty after growing).
+pub const DEFAULT_MAX_ENTRIES: usize = 200_000;
 
 pub struct MemoryCounters {
     shards: Box<[Mutex<Shard>]>,
     seed: RandomState,
+    /// A second, independent seed: together the two make a key's 128-bit slot.
+    seed2: RandomState,
     per_shard: usize,
 }
 
+/// A key as held: 128 bits of two keyed hashes of its text instead of the text, so an
+/// entry costs the same (about 60 bytes) whatever its key's length. The seeds are
+/// random per process, so no one can aim two keys at one slot; by chance, two of a
+/// million keys share a slot with probability about 10⁻²⁷.
+type Slot = u128;
+
 #[derive(Default)]
 struct Shard {
-    map: HashMap<String, Entry>,
+    map: HashMap<Slot, Entry>,
 }
 
 #[derive(Clone)]
@@ -96,6 +105,7 @@ impl MemoryCounters {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             seed: RandomState::new(),
+            seed2: RandomState::new(),
             per_shard: max_entries.div_ceil(SHARDS).max(1),
         }
     }
@@ -109,9 +119,11 @@ impl MemoryCounters {
         self.len() == 0
     }
 
-    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
-        let i = (self.seed.hash_one(key) as usize) % SHARDS;
-        lock(&self.shards[i])
+    /// The shard of `key`, locked, and the key's slot in it.
+    fn locate(&self, key: &str) -> (MutexGuard<'_, Shard>, Slot) {
+        let (a, b) = (self.seed.hash_one(key), self.seed2.hash_one(key));
+        let slot = (u128::from(a) << 64) | u128::from(b);
+        (lock(&self.shards[(a as usize) % SHARDS]), slot)
     }
 }
 
@@ -122,20 +134,20 @@ fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 
 impl Shard {
     /// The entry under `key` if it is live at `now`; an expired one is dropped.
-    fn get(&mut self, key: &str, now: Millis) -> Option<&Entry> {
-        let live = self.map.get(key).map(|e| e.expires_at > now)?;
+    fn get(&mut self, key: Slot, now: Millis) -> Option<&Entry> {
+        let live = self.map.get(&key).map(|e| e.expires_at > now)?;
         if !live {
-            self.map.remove(key);
+            self.map.remove(&key);
             return None;
         }
-        self.map.get(key)
+        self.map.get(&key)
     }
 
-    fn get_int(&mut self, key: &str, now: Millis) -> Option<i64> {
+    fn get_int(&mut self, key: Slot, now: Millis) -> Option<i64> {
         self.get(key, now).and_then(|e| e.value.int())
     }
 
-    fn put(&mut self, key: String, entry: Entry, cap: usize, now: Millis) {
+    fn put(&mut self, key: Slot, entry: Entry, cap: usize, now: Millis) {
         if self.map.len() >= cap && !self.map.contains_key(&key) {
             self.make_room(cap, now);
         }
@@ -191,9 +203,8 @@ impl Counters for MemoryCounters {
         now: Millis,
     ) -> CountersResult<GcraDecision> {
         check_key(key)?;
-        let k = gcra_key(key);
-        let mut shard = self.shard(&k);
-        let tat = shard.get_int(&k, now);
+        let (mut shard, k) = self.locate(&gcra_key(key));
+        let tat = shard.get_int(k, now);
         let (decision, new_tat) = gcra_step(tat, rate, now, cost);
         if let Some(new_tat) = new_tat {
             // Absent and "TAT has passed" mean the same, so expire at the TAT.
@@ -215,9 +226,8 @@ impl Counters for MemoryCounters {
         now: Millis,
     ) -> CountersResult<()> {
         check_key(key)?;
-        let k = gcra_key(key);
-        let mut shard = self.shard(&k);
-        if let Some(tat) = shard.get_int(&k, now) {
+        let (mut shard, k) = self.locate(&gcra_key(key));
+        if let Some(tat) = shard.get_int(k, now) {
             let now_us = now.saturating_mul(1000);
             let back = rate.interval_us().saturating_mul(i64::from(cost));
             let new_tat = tat.saturating_sub(back).max(now_us);
@@ -240,9 +250,8 @@ impl Counters for MemoryCounters {
         check_key(key)?;
         let window_ms = check_window(window_ms)?;
         let (index, left) = window_of(window_ms, now);
-        let k = window_key(key, window_ms, index);
-        let mut shard = self.shard(&k);
-        let count = shard.get_int(&k, now).unwrap_or(0);
+        let (mut shard, k) = self.locate(&window_key(key, window_ms, index));
+        let count = shard.get_int(k, now).unwrap_or(0);
         // Counts are kept as i64, as in Redis (INCRBY); they saturate rather than wrap.
         let by = i64::try_from(by).unwrap_or(i64::MAX);
         let count = count.saturating_add(by);
@@ -259,8 +268,8 @@ impl Counters for MemoryCounters {
         check_key(key)?;
         let window_ms = check_window(window_ms)?;
         let (index, _) = window_of(window_ms, now);
-        let k = window_key(key, window_ms, index);
-        let count = self.shard(&k).get_int(&k, now).unwrap_or(0);
+        let (mut shard, k) = self.locate(&window_key(key, window_ms, index));
+        let count = shard.get_int(k, now).unwrap_or(0);
         Ok(count.max(0) as u64)
     }
 
@@ -274,12 +283,11 @@ impl Counters for MemoryCounters {
         check_key(key)?;
         check_value(value)?;
         let ttl_ms = check_ttl(ttl_ms)?;
-        let k = value_key(key);
-        let mut shard = self.shard(&k);
+        let (mut shard, k) = self.locate(&value_key(key));
         if let Some(Entry {
             value: Value::Text(held),
             expires_at,
-        }) = shard.get(&k, now)
+        }) = shard.get(k, now)
         {
             return Ok(Stored {
                 value: held.to_string(),
@@ -302,8 +310,8 @@ impl Counters for MemoryCounters {
 
     async fn get_value(&self, key: &str, now: Millis) -> CountersResult<Option<String>> {
         check_key(key)?;
-        let k = value_key(key);
-        let held = match self.shard(&k).get(&k, now) {
+        let (mut shard, k) = self.locate(&value_key(key));
+        let held = match shard.get(k, now) {
             Some(Entry {
                 value: Value::Text(held),
                 ..
