@@ -3,6 +3,7 @@
 //! the domain, and map results to responses; every error leaves through `ApiError`.
 
 mod accounts;
+mod admin;
 mod error;
 pub mod extract;
 mod health;
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router {
                 .get(accounts::get)
                 .delete(accounts::unbind),
         )
+        .route("/v1/admin/decisions", get(admin::decisions))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::document))

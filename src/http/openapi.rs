@@ -7,7 +7,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, health, services, verifications};
+use super::{accounts, admin, health, services, verifications};
 
 struct BearerAuth;
 
@@ -45,6 +45,7 @@ impl Modify for BearerAuth {
         accounts::bind,
         accounts::get,
         accounts::unbind,
+        admin::decisions,
         health::healthz,
         health::readyz,
     ),
@@ -53,6 +54,7 @@ impl Modify for BearerAuth {
         (name = "verifications", description = "Start and check phone verifications"),
         (name = "services", description = "Verify service configuration (admin scope)"),
         (name = "accounts", description = "Bind verified numbers to the integrator's accounts"),
+        (name = "admin", description = "What the anti-abuse engine decided (admin scope)"),
         (name = "operations", description = "Health and readiness"),
     )
 )]

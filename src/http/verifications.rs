@@ -22,8 +22,8 @@ use crate::clock::{rfc3339, Millis};
 use crate::crypto::{self, BlindIndex, DataKey};
 use crate::delivery::{Handoff, OutgoingMessage, Payload};
 use crate::store::{
-    CancelOutcome, CheckOutcome, IdempotencyCmd, NewSubject, Reseal, Sealed, SendAttempt, StartCmd,
-    StartOutcome, SubjectSecrets, VerificationRow,
+    CancelOutcome, CheckOutcome, DecisionRecord, IdempotencyCmd, NewSubject, Reseal, Sealed,
+    SendAttempt, StartCmd, StartOutcome, SubjectSecrets, VerificationRow,
 };
 use crate::verify::{Channel, OtpCode, Status, VerifyError};
 
@@ -223,6 +223,40 @@ impl Sealer {
     }
 }
 
+/// Stores a decision that kept a message from going out, for `GET /v1/admin/decisions`.
+/// A failure to store it is logged; the answer to the request does not change.
+async fn record_decision(
+    st: &AppState,
+    d: &Decision,
+    service_id: &str,
+    verification_id: Option<&str>,
+    number: &E164,
+    channel: Channel,
+    now: Millis,
+) {
+    let record = DecisionRecord {
+        id: 0,
+        at: now,
+        service_id: service_id.to_owned(),
+        verification_id: verification_id.map(str::to_owned),
+        action: match d.action {
+            Action::Block => "block",
+            Action::ShadowBlock => "shadow_block",
+            Action::Allow => "allow",
+        }
+        .to_owned(),
+        reasons: d.reasons.iter().map(|r| r.as_str().to_owned()).collect(),
+        factors: serde_json::to_string(&d.factors).unwrap_or_else(|_| "[]".into()),
+        channel: channel.as_str().to_owned(),
+        country_code: number.country_code(),
+        region: number.region().map(str::to_owned),
+        number_type: number.number_type().as_str().to_owned(),
+    };
+    if let Err(e) = st.store.record_decision(record).await {
+        tracing::warn!(error = %e, "decision not recorded");
+    }
+}
+
 /// The error a refused send answers with.
 fn refusal(d: &Decision, number: &E164) -> ApiError {
     match (d.reasons.first(), &d.limit) {
@@ -339,7 +373,7 @@ pub async fn start(
     });
     // Test numbers never count and are never judged.
     let mut limit = None;
-    let mut shadow = false;
+    let mut shadow: Option<Decision> = None;
     if test_code.is_none() {
         let cx = SendContext {
             service_id: &service.id,
@@ -373,11 +407,23 @@ pub async fn start(
                 meter_send(&st, number.country_code(), now).await?;
             }
             // Answered like any start; nothing is queued, nothing is sent.
-            Action::ShadowBlock => shadow = true,
-            Action::Block => return Err(refusal(&decision, &number)),
+            Action::ShadowBlock => shadow = Some(decision),
+            Action::Block => {
+                record_decision(
+                    &st,
+                    &decision,
+                    &service.id,
+                    None,
+                    &number,
+                    body.channel,
+                    now,
+                )
+                .await;
+                return Err(refusal(&decision, &number));
+            }
         }
     }
-    let payload = payload.filter(|_| !shadow);
+    let payload = payload.filter(|_| shadow.is_none());
     let sent_message = payload.is_some();
     // When the worker has room, the message is queued claimed and handed over from
     // memory once committed (no claim, no decryption); otherwise the worker finds it in
@@ -416,6 +462,18 @@ pub async fn start(
             resent,
             claimed_message,
         } => {
+            if let Some(d) = &shadow {
+                record_decision(
+                    &st,
+                    d,
+                    &service.id,
+                    Some(&verification.id),
+                    &number,
+                    body.channel,
+                    now,
+                )
+                .await;
+            }
             if sent_message {
                 match st.abuse.record_send(&number, now).await {
                     Ok(events) => {

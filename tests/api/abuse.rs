@@ -455,3 +455,79 @@ async fn in_one_verified_holder_mode_the_new_holder_takes_the_number_over() {
         .assert_error(404, "binding_not_found");
     app.get_binding("new_holder").await.assert_status(200);
 }
+
+/// "Why was this blocked?": every decision that kept a message from going out is
+/// stored with its reasons and factors, listed newest first for admins, filterable by
+/// reason, and holds no number.
+#[tokio::test]
+async fn blocked_and_shadow_blocked_starts_are_explained_to_admins() {
+    let app = spawn_app().await;
+    app.start(UK_VOIP).await.assert_status(403);
+    service_with_limit(&app, "ip", "sends_per_ip", 1, 300).await;
+    let ip = |n: u32| json!({ "to": mobile(n), "service": "ip", "ip": "2001:db8::1" });
+    app.start_with(ip(1)).await.assert_status(201);
+    app.start_with(ip(2)).await.assert_status(429);
+
+    let list = |query: &str| {
+        fetch(app.admin(reqwest::Method::GET, &format!("/v1/admin/decisions{query}")))
+    };
+    let all = list("").await;
+    all.assert_status(200);
+    let decisions = all.json["decisions"].as_array().unwrap().clone();
+    assert_eq!(decisions.len(), 2, "{}", all.text);
+    // Newest first.
+    assert_eq!(decisions[0]["reasons"], json!(["rate_limited"]));
+    assert_eq!(decisions[0]["action"], "block");
+    assert_eq!(
+        decisions[0]["factors"],
+        json!([{ "name": "limit", "value": "sends_per_ip" }])
+    );
+    assert_eq!(decisions[1]["reasons"], json!(["number_type_not_allowed"]));
+    assert_eq!(decisions[1]["number_type"], "voip");
+    assert_eq!(decisions[1]["region"], "GB");
+    assert!(decisions[1]["verification_id"].is_null());
+    for secret in [&UK_VOIP[1..], &mobile(2)[1..], "2001:db8"] {
+        assert!(!all.text.contains(secret), "the listing holds {secret}");
+    }
+
+    let only = list("?reason=number_type_not_allowed").await;
+    assert_eq!(only.json["decisions"].as_array().unwrap().len(), 1);
+    let page = list("?limit=1").await;
+    assert_eq!(page.json["decisions"].as_array().unwrap().len(), 1);
+    let next = page.json["next_before"].as_i64().expect("a next page");
+    let rest = list(&format!("?limit=1&before={next}")).await;
+    assert_eq!(
+        rest.json["decisions"][0]["reasons"],
+        json!(["number_type_not_allowed"])
+    );
+    list("?limit=0").await.assert_error(400, "invalid_field");
+    list("?nope=1").await.assert_error(400, "invalid_request");
+    fetch(app.api(reqwest::Method::GET, "/v1/admin/decisions"))
+        .await
+        .assert_error(403, "forbidden");
+}
+
+/// A shadow block is recorded with the verification it answered with.
+#[tokio::test]
+async fn a_shadow_block_is_recorded_with_its_verification() {
+    let app = spawn_app().await;
+    for n in 0..40 {
+        app.start(&mobile(n)).await.assert_status(201);
+    }
+    app.advance(Duration::from_secs(300));
+    let r = app.start(&mobile(40)).await;
+    let id = r.str("id").to_owned();
+    let list = fetch(app.admin(
+        reqwest::Method::GET,
+        "/v1/admin/decisions?reason=prefix_conversion_collapse",
+    ))
+    .await;
+    let d = &list.json["decisions"][0];
+    assert_eq!(d["action"], "shadow_block", "{}", list.text);
+    assert_eq!(d["verification_id"], id);
+    assert!(d["factors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["name"] == "prefix" && f["value"] == "44:790"));
+}

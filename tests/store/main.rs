@@ -20,6 +20,7 @@ mod batching;
 mod bindings;
 mod check;
 mod concurrency;
+mod decisions;
 mod health;
 mod outbox;
 mod services;
