@@ -374,3 +374,106 @@ async fn killing_an_instance_loses_no_acknowledged_start_and_its_messages_go_out
     drop(b);
     db.drop_now().await;
 }
+
+/// The anti-abuse engine's limits live in Redis when instances share it: a per-IP send
+/// limit and a number's guess budget hold across two instances, whichever instance a
+/// request reaches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_abuse_limits_hold_across_instances_sharing_redis() {
+    let Some(admin) = postgres_url() else { return };
+    let Some(redis) = std::env::var("RINGFENCE_TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        return;
+    };
+    let db = TestDb::create(&admin, "rf_multi").await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = ringfence()
+        .current_dir(dir.path())
+        .args([
+            "keys", "create", "--name", "ops", "--scope", "verify", "--scope", "admin",
+        ])
+        .args(["--database-url", &db.url])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    let shared = ["--counters-url", redis.as_str()];
+    let a = start_instance_with(dir.path(), &db.url, "a", &shared).await;
+    let b = start_instance_with(dir.path(), &db.url, "b", &shared).await;
+    let client = reqwest::Client::new();
+    let all = json!({ "allow_by_default": { "disallowed_regions": [] } });
+    let created = client
+        .post(format!("{}/v1/services", a.base))
+        .bearer_auth(&key)
+        .json(&json!({
+            "name": "shared",
+            "resend_cooldown_seconds": 0,
+            "max_check_attempts": 20,
+            "abuse": {
+                "geo": { "sms": all, "voice": all, "whatsapp": all },
+                "limits": {
+                    "sends_per_ip": { "limit": 2, "period_seconds": 300 },
+                    "wrong_codes_per_number": { "limit": 3, "period_seconds": 86400 }
+                }
+            }
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let post = |base: &str, path: &str, body: Value| {
+        let req = client
+            .post(format!("{base}{path}"))
+            .bearer_auth(&key)
+            .json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    // One /64, three addresses, two instances: the third start is over the limit.
+    let start =
+        |n: u32, ip: &str| json!({ "to": format!("+447911{n:06}"), "service": "shared", "ip": ip });
+    assert_eq!(
+        post(&a.base, "/v1/verifications", start(1, "2001:db8:7::1"))
+            .await
+            .0,
+        201
+    );
+    let (s, first) = post(&b.base, "/v1/verifications", start(2, "2001:db8:7::2")).await;
+    assert_eq!(s, 201, "{first}");
+    let (s, refused) = post(&a.base, "/v1/verifications", start(3, "2001:db8:7::3")).await;
+    assert_eq!(s, 429, "{refused}");
+    assert_eq!(refused["error"]["code"], "rate_limited");
+
+    // Wrong codes for one number, alternating instances: three are compared, then none.
+    let id = first["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/verifications/{id}/check");
+    let code = code_from_sinks(dir.path(), "+447911000002").await;
+    let wrong: String = code
+        .bytes()
+        .map(|b| char::from(b'0' + (b - b'0' + 1) % 10))
+        .collect();
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        let base = if i % 2 == 0 { &a.base } else { &b.base };
+        statuses.push(post(base, &path, json!({ "code": wrong })).await.0);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    drop((a, b));
+    db.drop_now().await;
+}
