@@ -1,7 +1,7 @@
 //! The anti-abuse decision of one start, with realistic rules and warm counters:
 //! the default number types, a 30-region allow-list, all seven send limits on (every
 //! key present: number, device, account, IPv6 /64, prefix, country, service), the
-//! in-process counters already holding 200,000 keys, and the SMS-pumping detector's
+//! in-process counters already holding about 150,000 keys, and the SMS-pumping detector's
 //! assessment of the number's prefix (and the recording of the send).
 //!
 //!   cargo bench --bench decision
@@ -149,7 +149,9 @@ async fn decide(
         account_ref: Some(&c.account),
         device_id: Some(&c.device),
     };
-    let d = engine.decide_send(policy, &cx, now).await?;
+    let d = engine
+        .decide_send(policy, &ringfence::abuse::lists::Lists::default(), &cx, now)
+        .await?;
     engine.record_send(&c.number, now).await?;
     Ok(d.action == ringfence::abuse::Action::Allow)
 }

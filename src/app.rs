@@ -54,6 +54,41 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub counters: Arc<dyn Counters>,
     pub abuse: Arc<crate::abuse::Engine>,
+    pub lists: Arc<ListCache>,
+}
+
+/// The operator lists, cached like services: a change applies within the time to live
+/// (at once on the instance that made it).
+pub struct ListCache {
+    store: Arc<dyn Store>,
+    ttl_ms: i64,
+    current: RwLock<Option<(Arc<crate::abuse::lists::Lists>, Millis)>>,
+}
+
+impl ListCache {
+    pub fn new(store: Arc<dyn Store>, ttl_ms: i64) -> Self {
+        Self {
+            store,
+            ttl_ms,
+            current: RwLock::new(None),
+        }
+    }
+
+    pub async fn get(&self, now: Millis) -> Result<Arc<crate::abuse::lists::Lists>, StoreError> {
+        if let Some((lists, at)) = &*self.current.read().unwrap_or_else(|p| p.into_inner()) {
+            if now - at < self.ttl_ms && now >= *at {
+                return Ok(lists.clone());
+            }
+        }
+        let entries = self.store.list_entries(now).await?;
+        let lists = Arc::new(crate::abuse::lists::Lists::from_entries(&entries));
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some((lists.clone(), now));
+        Ok(lists)
+    }
+
+    pub fn invalidate(&self) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
 /// API keys, cached for a short time so a request does not cost a database read.
@@ -242,6 +277,7 @@ impl Application {
         let pseudonyms = opts.keys.blind.clone();
         let state = AppState {
             services: Arc::new(ServiceCache::new(opts.store.clone(), ttl)),
+            lists: Arc::new(ListCache::new(opts.store.clone(), ttl)),
             api_keys: Arc::new(ApiKeyCache::new(opts.store.clone(), ttl)),
             store: opts.store,
             keys: Arc::new(opts.keys),

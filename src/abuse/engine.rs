@@ -7,6 +7,7 @@ use ringfence_phone::E164;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::lists::Lists;
 use super::policy::{AbusePolicy, RateSpec};
 use super::pumping::{self, Prefix, PumpingDetector, PumpingPolicy};
 use crate::clock::Millis;
@@ -34,6 +35,12 @@ pub enum Reason {
     RegionNotAllowed,
     /// A rate limit on one of the request's keys was reached.
     RateLimited,
+    /// The number is on the operator's ban list.
+    NumberBanned,
+    /// The number's prefix is on the ban list.
+    PrefixBanned,
+    /// The client's IP is in a banned network.
+    IpBanned,
     /// The SMS-pumping detector closed the number's prefix: its conversion collapsed.
     PrefixConversionCollapse,
     /// The day's spend on the number's country reached its budget.
@@ -48,6 +55,9 @@ impl Reason {
             Self::NumberTypeNotAllowed => "number_type_not_allowed",
             Self::RegionNotAllowed => "region_not_allowed",
             Self::RateLimited => "rate_limited",
+            Self::NumberBanned => "number_banned",
+            Self::PrefixBanned => "prefix_banned",
+            Self::IpBanned => "ip_banned",
             Self::PrefixConversionCollapse => "prefix_conversion_collapse",
             Self::CountryBudgetExceeded => "country_budget_exceeded",
             Self::GlobalBudgetExceeded => "global_budget_exceeded",
@@ -177,9 +187,32 @@ impl Engine {
     pub async fn decide_send(
         &self,
         policy: &AbusePolicy,
+        lists: &Lists,
         cx: &SendContext<'_>,
         now: Millis,
     ) -> Result<Decision, CountersError> {
+        // The safe list bypasses every check (and counts nothing).
+        if let Some(m) = lists.safe(cx.number, cx.blind_index, cx.ip) {
+            return Ok(Decision {
+                action: Action::Allow,
+                reasons: Vec::new(),
+                factors: vec![factor("safe_list", m.kind)],
+                limit: None,
+                events: Vec::new(),
+            });
+        }
+        if let Some(m) = lists.banned(cx.number, cx.blind_index, cx.ip) {
+            let reason = match m.kind {
+                "number" => Reason::NumberBanned,
+                "prefix" => Reason::PrefixBanned,
+                _ => Reason::IpBanned,
+            };
+            return Ok(Decision::block(
+                reason,
+                vec![factor("ban_list", m.kind), factor("ban_reason", &m.reason)],
+                None,
+            ));
+        }
         let number_type = cx.number.number_type();
         if !policy.number_types.allows(cx.channel, number_type) {
             return Ok(Decision::block(

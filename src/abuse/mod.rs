@@ -13,6 +13,7 @@
 //! keyed pseudonyms, prefixes and country codes.
 
 pub mod engine;
+pub mod lists;
 pub mod policy;
 pub mod pumping;
 

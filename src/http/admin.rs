@@ -1,16 +1,19 @@
-//! `/v1/admin/…`: what the anti-abuse engine decided (admin scope).
+//! `/v1/admin/…`: what the anti-abuse engine decided, and the operator's ban and safe
+//! lists (admin scope).
 
 use axum::extract::{Query, State};
-use axum::http::Uri;
+use axum::http::{StatusCode, Uri};
 use axum::Json;
+use ringfence_phone::E164;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::AdminCaller;
+use super::extract::{AdminCaller, ApiJson, ApiPath};
 use super::{validate, ApiError};
+use crate::abuse::lists::{normalise_prefix, IpNet, ListName};
 use crate::app::AppState;
 use crate::clock::rfc3339;
-use crate::store::{DecisionFilter, DecisionRecord};
+use crate::store::{DecisionFilter, DecisionRecord, ListEntry};
 
 /// Filters of `GET /v1/admin/decisions`.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -114,4 +117,155 @@ pub async fn decisions(
         decisions: rows.into_iter().map(DecisionView::from).collect(),
         next_before,
     }))
+}
+
+/// An entry to add to a list.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListEntryInput {
+    /// `number` (an E.164 number; only its blind index is stored), `prefix` (E.164
+    /// digits such as `+4470`) or `ip` (an address or a CIDR network).
+    pub kind: String,
+    pub value: String,
+    /// Why (shown in decisions): 1–200 printable characters.
+    pub reason: String,
+    /// The entry stops applying after this long; absent: until removed.
+    pub expires_in_seconds: Option<u32>,
+}
+
+/// A list entry. A number is shown only by a short form of its blind index.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ListEntryView {
+    pub id: i64,
+    pub list: String,
+    pub kind: String,
+    pub value: String,
+    pub reason: String,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ListView {
+    pub entries: Vec<ListEntryView>,
+}
+
+impl From<ListEntry> for ListEntryView {
+    fn from(e: ListEntry) -> Self {
+        let value = if e.kind == "number" {
+            format!("blind-index:{}", &e.value[..12.min(e.value.len())])
+        } else {
+            e.value
+        };
+        Self {
+            id: e.id,
+            list: e.list,
+            kind: e.kind,
+            value,
+            reason: e.reason,
+            created_at: rfc3339(e.created_at),
+            expires_at: e.expires_at.map(rfc3339),
+        }
+    }
+}
+
+fn list_name(s: &str) -> Result<ListName, ApiError> {
+    ListName::parse(s).ok_or(ApiError::RouteNotFound)
+}
+
+#[utoipa::path(
+    post, path = "/v1/admin/lists/{list}", tag = "admin", request_body = ListEntryInput,
+    params(("list" = String, Path, description = "`ban` or `safe`")),
+    responses(
+        (status = 201, body = ListEntryView),
+        (status = 400, description = "invalid_field, invalid_phone_number"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn add_list_entry(
+    State(st): State<AppState>,
+    _admin: AdminCaller,
+    ApiPath(list): ApiPath<String>,
+    ApiJson(input): ApiJson<ListEntryInput>,
+) -> Result<(StatusCode, Json<ListEntryView>), ApiError> {
+    let list = list_name(&list)?;
+    let now = st.clock.now();
+    let value = match input.kind.as_str() {
+        "number" => {
+            let n = E164::parse(&input.value, None)
+                .map_err(|e| ApiError::InvalidPhoneNumber(e.code()))?;
+            hex::encode(st.keys.blind.index(n.expose()).0)
+        }
+        "prefix" => normalise_prefix(&input.value).ok_or_else(|| {
+            ApiError::InvalidField("value: 1 to 14 digits, with or without +".into())
+        })?,
+        "ip" => {
+            IpNet::parse(&input.value).ok_or_else(|| {
+                ApiError::InvalidField("value: an IP address or a CIDR network".into())
+            })?;
+            input.value.clone()
+        }
+        _ => return Err(ApiError::InvalidField("kind: number, prefix or ip".into())),
+    };
+    let reason = validate::text("reason", &input.reason, 200)?;
+    if reason.is_empty() {
+        return Err(ApiError::InvalidField("reason: required".into()));
+    }
+    let entry = ListEntry {
+        id: 0,
+        list: list.as_str().to_owned(),
+        kind: input.kind.clone(),
+        value,
+        reason,
+        created_at: now,
+        expires_at: input.expires_in_seconds.map(|s| now + i64::from(s) * 1000),
+    };
+    let id = st.store.put_list_entry(entry.clone()).await?;
+    st.lists.invalidate();
+    tracing::info!(list = list.as_str(), kind = %entry.kind, id, "list entry added");
+    Ok((
+        StatusCode::CREATED,
+        Json(ListEntryView::from(ListEntry { id, ..entry })),
+    ))
+}
+
+#[utoipa::path(
+    get, path = "/v1/admin/lists/{list}", tag = "admin",
+    params(("list" = String, Path, description = "`ban` or `safe`")),
+    responses((status = 200, body = ListView)),
+    security(("api_key" = []))
+)]
+pub async fn get_list(
+    State(st): State<AppState>,
+    _admin: AdminCaller,
+    ApiPath(list): ApiPath<String>,
+) -> Result<Json<ListView>, ApiError> {
+    let list = list_name(&list)?;
+    let entries = st.store.list_entries(st.clock.now()).await?;
+    Ok(Json(ListView {
+        entries: entries
+            .into_iter()
+            .filter(|e| e.list == list.as_str())
+            .map(ListEntryView::from)
+            .collect(),
+    }))
+}
+
+#[utoipa::path(
+    delete, path = "/v1/admin/lists/{list}/{id}", tag = "admin",
+    params(("list" = String, Path, description = "`ban` or `safe`"), ("id" = i64, Path, description = "Entry id")),
+    responses((status = 204, description = "Removed"), (status = 404, description = "not_found")),
+    security(("api_key" = []))
+)]
+pub async fn remove_list_entry(
+    State(st): State<AppState>,
+    _admin: AdminCaller,
+    ApiPath((list, id)): ApiPath<(String, i64)>,
+) -> Result<StatusCode, ApiError> {
+    list_name(&list)?;
+    if !st.store.remove_list_entry(id).await? {
+        return Err(ApiError::RouteNotFound);
+    }
+    st.lists.invalidate();
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -77,6 +77,8 @@ pub enum ApiError {
     NumberTypeNotAllowed(&'static str),
     #[error("this service does not send to region {0} on this channel")]
     RegionNotAllowed(String),
+    #[error("refused by the operator's ban list ({0})")]
+    Banned(&'static str),
     #[error("rate limit {} reached; try again later", .0.name)]
     RateLimited(crate::abuse::LimitState),
     #[error("temporarily unavailable; retry later")]
@@ -130,6 +132,7 @@ impl ApiError {
             NumberTypeNotAllowed(_) => (StatusCode::FORBIDDEN, "number_type_not_allowed"),
             RegionNotAllowed(_) => (StatusCode::FORBIDDEN, "region_not_allowed"),
             RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Banned(_) => (StatusCode::FORBIDDEN, "banned"),
             Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -181,6 +184,7 @@ impl ApiError {
         "number_type_not_allowed",
         "region_not_allowed",
         "rate_limited",
+        "banned",
         "unavailable",
         "internal",
     ];

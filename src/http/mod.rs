@@ -53,6 +53,14 @@ pub fn router(state: AppState) -> Router {
                 .delete(accounts::unbind),
         )
         .route("/v1/admin/decisions", get(admin::decisions))
+        .route(
+            "/v1/admin/lists/{list}",
+            post(admin::add_list_entry).get(admin::get_list),
+        )
+        .route(
+            "/v1/admin/lists/{list}/{id}",
+            axum::routing::delete(admin::remove_list_entry),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::document))

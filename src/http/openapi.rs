@@ -46,6 +46,9 @@ impl Modify for BearerAuth {
         accounts::get,
         accounts::unbind,
         admin::decisions,
+        admin::add_list_entry,
+        admin::get_list,
+        admin::remove_list_entry,
         health::healthz,
         health::readyz,
     ),
@@ -54,7 +57,7 @@ impl Modify for BearerAuth {
         (name = "verifications", description = "Start and check phone verifications"),
         (name = "services", description = "Verify service configuration (admin scope)"),
         (name = "accounts", description = "Bind verified numbers to the integrator's accounts"),
-        (name = "admin", description = "What the anti-abuse engine decided (admin scope)"),
+        (name = "admin", description = "What the anti-abuse engine decided; ban and safe lists (admin scope)"),
         (name = "operations", description = "Health and readiness"),
     )
 )]

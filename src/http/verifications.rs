@@ -267,6 +267,9 @@ fn refusal(d: &Decision, number: &E164) -> ApiError {
         (Some(Reason::NumberTypeNotAllowed), _) => {
             ApiError::NumberTypeNotAllowed(number.number_type().as_str())
         }
+        (Some(r @ (Reason::NumberBanned | Reason::PrefixBanned | Reason::IpBanned)), _) => {
+            ApiError::Banned(r.as_str())
+        }
         _ => ApiError::Internal("a refused send without a reason".into()),
     }
 }
@@ -386,7 +389,12 @@ pub async fn start(
         };
         let decision = st
             .abuse
-            .decide_send(&service.config.abuse, &cx, now)
+            .decide_send(
+                &service.config.abuse,
+                st.lists.get(now).await?.as_ref(),
+                &cx,
+                now,
+            )
             .await
             .map_err(|e| ApiError::Unavailable(format!("counters: {e}")))?;
         for event in &decision.events {

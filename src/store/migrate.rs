@@ -177,6 +177,20 @@ const TABLES: &[Table] = &[
         ],
         identity: Some("id"),
     },
+    Table {
+        name: "abuse_lists",
+        order_by: "id",
+        columns: &[
+            ("id", Int8),
+            ("list", Text),
+            ("kind", Text),
+            ("value", Text),
+            ("reason", Text),
+            ("created_at", Int8),
+            ("expires_at", Int8),
+        ],
+        identity: Some("id"),
+    },
 ];
 
 /// What was copied and verified, per table.

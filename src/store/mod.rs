@@ -320,6 +320,19 @@ pub struct DecisionFilter {
     pub limit: u32,
 }
 
+/// An entry of an operator list (`ban` or `safe`): a number (hex of its blind index),
+/// a number prefix (E.164 digits without `+`) or an IP network (CIDR).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListEntry {
+    pub id: i64,
+    pub list: String,
+    pub kind: String,
+    pub value: String,
+    pub reason: String,
+    pub created_at: Millis,
+    pub expires_at: Option<Millis>,
+}
+
 /// What a binding must respect (from the settings and the verification's service).
 #[derive(Debug, Clone, Copy)]
 pub struct BindRules {
@@ -444,6 +457,13 @@ pub trait Store: Send + Sync + 'static {
     /// Records a decision (its `id` is assigned); returns the id.
     async fn record_decision(&self, d: DecisionRecord) -> StoreResult<i64>;
     async fn list_decisions(&self, f: DecisionFilter) -> StoreResult<Vec<DecisionRecord>>;
+
+    /// Adds an entry to an operator list, or replaces the reason and expiry of the same
+    /// (list, kind, value); returns its id.
+    async fn put_list_entry(&self, e: ListEntry) -> StoreResult<i64>;
+    /// The entries that still apply at `now`.
+    async fn list_entries(&self, now: Millis) -> StoreResult<Vec<ListEntry>>;
+    async fn remove_list_entry(&self, id: i64) -> StoreResult<bool>;
     async fn unbind_account(&self, account_ref: &str, now: Millis) -> StoreResult<bool>;
 
     /// Claims up to `limit` due messages for `lease_ms`; messages past their code's

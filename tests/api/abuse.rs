@@ -531,3 +531,134 @@ async fn a_shadow_block_is_recorded_with_its_verification() {
         .iter()
         .any(|f| f["name"] == "prefix" && f["value"] == "44:790"));
 }
+
+async fn add_to(app: &TestApp, list: &str, body: Value) -> Resp {
+    fetch(
+        app.admin(reqwest::Method::POST, &format!("/v1/admin/lists/{list}"))
+            .json(&body),
+    )
+    .await
+}
+
+/// Ban lists: a number (kept only as its blind index), a prefix and an IP network, each
+/// with a reason and an optional expiry; the safe list bypasses every check.
+#[tokio::test]
+async fn ban_and_safe_lists_decide_before_everything_else() {
+    let app = spawn_app().await;
+    let r = add_to(
+        &app,
+        "ban",
+        json!({ "kind": "number", "value": UK_MOBILE, "reason": "chargeback fraud" }),
+    )
+    .await;
+    r.assert_status(201);
+    assert!(
+        !r.text.contains(&UK_MOBILE[3..]),
+        "the number is not shown: {}",
+        r.text
+    );
+    assert!(r.str("value").starts_with("blind-index:"));
+    let banned_number_id = r.json["id"].as_i64().unwrap();
+    let r = app.start(UK_MOBILE).await;
+    r.assert_error(403, "banned");
+    assert!(r.str_at("/error/message").contains("number_banned"));
+
+    add_to(&app, "ban", json!({ "kind": "prefix", "value": "+3361", "reason": "premium range", "expires_in_seconds": 60 }))
+        .await
+        .assert_status(201);
+    app.start(FR_MOBILE).await.assert_error(403, "banned");
+    app.advance(Duration::from_secs(61));
+    app.start(FR_MOBILE).await.assert_status(201);
+
+    add_to(
+        &app,
+        "ban",
+        json!({ "kind": "ip", "value": "2001:db8:bad::/48", "reason": "bot farm" }),
+    )
+    .await
+    .assert_status(201);
+    app.start_with(json!({ "to": mobile(1), "ip": "2001:db8:bad:1::7" }))
+        .await
+        .assert_error(403, "banned");
+    app.start_with(json!({ "to": mobile(1), "ip": "2001:db8:bae::7" }))
+        .await
+        .assert_status(201);
+
+    // The safe list wins over everything: a ban, the number type, the rate limits.
+    add_to(
+        &app,
+        "safe",
+        json!({ "kind": "ip", "value": "198.51.100.0/24", "reason": "office" }),
+    )
+    .await
+    .assert_status(201);
+    for _ in 0..3 {
+        app.start_with(json!({ "to": UK_VOIP, "ip": "198.51.100.20" }))
+            .await
+            .assert_status(201);
+        app.advance(Duration::from_secs(31));
+    }
+
+    let list = fetch(app.admin(reqwest::Method::GET, "/v1/admin/lists/ban")).await;
+    assert_eq!(
+        list.json["entries"].as_array().unwrap().len(),
+        2,
+        "the expired entry no longer applies: {}",
+        list.text
+    );
+    fetch(app.admin(
+        reqwest::Method::DELETE,
+        &format!("/v1/admin/lists/ban/{banned_number_id}"),
+    ))
+    .await
+    .assert_status(204);
+    app.start(UK_MOBILE).await.assert_status(201);
+
+    let decisions = fetch(app.admin(
+        reqwest::Method::GET,
+        "/v1/admin/decisions?reason=number_banned",
+    ))
+    .await;
+    let d = &decisions.json["decisions"][0];
+    assert_eq!(
+        d["factors"],
+        json!([{ "name": "ban_list", "value": "number" }, { "name": "ban_reason", "value": "chargeback fraud" }])
+    );
+
+    add_to(
+        &app,
+        "ban",
+        json!({ "kind": "prefix", "value": "44-70", "reason": "x" }),
+    )
+    .await
+    .assert_error(400, "invalid_field");
+    add_to(
+        &app,
+        "nope",
+        json!({ "kind": "ip", "value": "10.0.0.0/8", "reason": "x" }),
+    )
+    .await
+    .assert_error(404, "not_found");
+}
+
+/// Enumeration stays impossible: a start for a number bound to an account answers like
+/// a start for any other number.
+#[tokio::test]
+async fn a_start_for_a_bound_number_looks_like_any_other() {
+    let app = spawn_app().await;
+    let id = app.approved(UK_MOBILE, None).await;
+    app.bind("acct_1", &id).await.assert_status(200);
+    app.advance(Duration::from_secs(31));
+    let bound = app.start(UK_MOBILE).await;
+    let fresh = app.start(UK_MOBILE_2).await;
+    assert_eq!(bound.status, fresh.status);
+    let keys = |r: &Resp| {
+        let mut k: Vec<String> = r.json.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&bound), keys(&fresh));
+    for field in ["status", "channel", "send_attempts"] {
+        assert_eq!(bound.json[field], fresh.json[field], "{field}");
+    }
+}

@@ -292,6 +292,14 @@ async fn every_error_code_in_the_catalogue_is_provoked_with_a_well_formed_envelo
         "rate_limited",
     );
 
+    fetch(
+        app.admin(Method::POST, "/v1/admin/lists/ban")
+            .json(&json!({ "kind": "number", "value": US_NUMBER_2, "reason": "test" })),
+    )
+    .await
+    .assert_status(201);
+    cat.saw(app.start(US_NUMBER_2).await, 403, "banned");
+
     let all: BTreeSet<String> = ApiError::CODES.iter().map(|c| c.to_string()).collect();
     let exempt: BTreeSet<String> = NOT_PROVOKED.iter().map(|c| c.to_string()).collect();
     assert!(

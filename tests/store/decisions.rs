@@ -1,5 +1,5 @@
-//! Anti-abuse decisions: recorded with an id, listed newest first, by reason and
-//! service, page by page.
+//! Anti-abuse records: decisions (recorded with an id, listed newest first, by reason
+//! and service, page by page) and the operator's ban and safe lists.
 
 use ringfence::store::{DecisionFilter, DecisionRecord};
 
@@ -121,6 +121,82 @@ async fn decisions_are_listed_newest_first_by_reason_service_and_page() {
             .await
             .unwrap();
         assert_eq!(page.iter().map(|x| x.id).collect::<Vec<_>>(), [a]);
+    })
+    .await;
+}
+
+fn entry(
+    list: &str,
+    kind: &str,
+    value: &str,
+    expires_at: Option<i64>,
+) -> ringfence::store::ListEntry {
+    ringfence::store::ListEntry {
+        id: 0,
+        list: list.to_owned(),
+        kind: kind.to_owned(),
+        value: value.to_owned(),
+        reason: "test".to_owned(),
+        created_at: T0,
+        expires_at,
+    }
+}
+
+#[tokio::test]
+async fn list_entries_apply_until_they_expire_or_are_removed() {
+    each_backend(|b| async move {
+        let s = &b.store;
+        let ban = s
+            .put_list_entry(entry("ban", "prefix", "4470", None))
+            .await
+            .unwrap();
+        let brief = s
+            .put_list_entry(entry("ban", "ip", "192.0.2.0/24", Some(T0 + 60 * SECOND)))
+            .await
+            .unwrap();
+        let safe = s
+            .put_list_entry(entry("safe", "prefix", "4470", None))
+            .await
+            .unwrap();
+        assert!(ban != safe, "the same value on two lists is two entries");
+        // The same entry again replaces its reason and expiry, keeping its id.
+        let mut again = entry("ban", "prefix", "4470", Some(T0 + 120 * SECOND));
+        again.reason = "changed".into();
+        assert_eq!(s.put_list_entry(again).await.unwrap(), ban);
+
+        let now: Vec<_> = s
+            .list_entries(T0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.id, e.reason))
+            .collect();
+        assert_eq!(
+            now,
+            [
+                (ban, "changed".into()),
+                (brief, "test".into()),
+                (safe, "test".into())
+            ]
+        );
+        let later: Vec<_> = s
+            .list_entries(T0 + 60 * SECOND)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(later, [ban, safe], "expired at its time");
+        assert!(s.remove_list_entry(safe).await.unwrap());
+        assert!(!s.remove_list_entry(safe).await.unwrap());
+        let left: Vec<_> = s
+            .list_entries(T0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(left, [ban, brief]);
     })
     .await;
 }

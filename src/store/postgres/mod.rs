@@ -32,6 +32,7 @@ use checks::CheckReq;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_decisions.sql")),
+    (3, include_str!("migrations/0003_lists.sql")),
 ];
 
 /// Pool and timeout settings.
@@ -667,6 +668,57 @@ impl Store for PgStore {
             })
             .collect::<Result<_, _>>()
             .map_err(Into::into)
+    }
+
+    async fn put_list_entry(&self, e: ListEntry) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO abuse_lists (list, kind, value, reason, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (list, kind, value) DO UPDATE SET reason = excluded.reason,
+                 created_at = excluded.created_at, expires_at = excluded.expires_at
+             RETURNING id",
+        )
+        .bind(&e.list)
+        .bind(&e.kind)
+        .bind(&e.value)
+        .bind(&e.reason)
+        .bind(e.created_at)
+        .bind(e.expires_at)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn list_entries(&self, now: Millis) -> StoreResult<Vec<ListEntry>> {
+        let rows: Vec<(i64, String, String, String, String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT id, list, kind, value, reason, created_at, expires_at FROM abuse_lists
+             WHERE expires_at IS NULL OR expires_at > $1 ORDER BY id",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, list, kind, value, reason, created_at, expires_at)| ListEntry {
+                    id,
+                    list,
+                    kind,
+                    value,
+                    reason,
+                    created_at,
+                    expires_at,
+                },
+            )
+            .collect())
+    }
+
+    async fn remove_list_entry(&self, id: i64) -> StoreResult<bool> {
+        Ok(sqlx::query("DELETE FROM abuse_lists WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            > 0)
     }
 
     async fn verification_owner(&self, id: &str) -> StoreResult<Option<(BlindIndex, String)>> {

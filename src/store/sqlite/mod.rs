@@ -28,6 +28,7 @@ use writer::Writer;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_decisions.sql")),
+    (3, include_str!("migrations/0003_lists.sql")),
 ];
 
 const READERS: usize = 4;
@@ -318,6 +319,20 @@ impl Store for SqliteStore {
 
     async fn list_decisions(&self, f: DecisionFilter) -> StoreResult<Vec<DecisionRecord>> {
         self.read(move |c| ops::list_decisions(c, &f)).await
+    }
+
+    async fn put_list_entry(&self, e: ListEntry) -> StoreResult<i64> {
+        self.writer.write(move |c| ops::put_list_entry(c, &e)).await
+    }
+
+    async fn list_entries(&self, now: Millis) -> StoreResult<Vec<ListEntry>> {
+        self.read(move |c| ops::list_entries(c, now)).await
+    }
+
+    async fn remove_list_entry(&self, id: i64) -> StoreResult<bool> {
+        self.writer
+            .write(move |c| ops::remove_list_entry(c, id))
+            .await
     }
 
     async fn verification_owner(&self, id: &str) -> StoreResult<Option<(BlindIndex, String)>> {

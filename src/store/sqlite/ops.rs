@@ -781,6 +781,56 @@ pub fn list_decisions(c: &Connection, f: &DecisionFilter) -> StoreResult<Vec<Dec
     Ok(rows)
 }
 
+// ---------------------------------------------------------------- operator lists
+
+pub fn put_list_entry(c: &Connection, e: &ListEntry) -> StoreResult<i64> {
+    Ok(c.prepare_cached(
+        "INSERT INTO abuse_lists (list, kind, value, reason, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (list, kind, value) DO UPDATE SET reason = excluded.reason,
+             created_at = excluded.created_at, expires_at = excluded.expires_at
+         RETURNING id",
+    )?
+    .query_row(
+        params![
+            e.list,
+            e.kind,
+            e.value,
+            e.reason,
+            e.created_at,
+            e.expires_at
+        ],
+        |r| r.get(0),
+    )?)
+}
+
+pub fn list_entries(c: &Connection, now: Millis) -> StoreResult<Vec<ListEntry>> {
+    let rows = c
+        .prepare_cached(
+            "SELECT id, list, kind, value, reason, created_at, expires_at FROM abuse_lists
+             WHERE expires_at IS NULL OR expires_at > ?1 ORDER BY id",
+        )?
+        .query_map([now], |r| {
+            Ok(ListEntry {
+                id: r.get(0)?,
+                list: r.get(1)?,
+                kind: r.get(2)?,
+                value: r.get(3)?,
+                reason: r.get(4)?,
+                created_at: r.get(5)?,
+                expires_at: r.get(6)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+pub fn remove_list_entry(c: &Connection, id: i64) -> StoreResult<bool> {
+    Ok(c.prepare_cached("DELETE FROM abuse_lists WHERE id = ?1")?
+        .execute([id])?
+        > 0)
+}
+
 // ---------------------------------------------------------------- outbox
 
 pub fn claim_outbox(
