@@ -153,6 +153,12 @@ impl Engine {
         }
     }
 
+    /// The price of one message to `country_code` (the pumping detector's price table),
+    /// in millionths of the currency unit.
+    pub fn price_micros(&self, country_code: u16) -> u64 {
+        self.pumping.policy().spend.price_micros(country_code)
+    }
+
     /// The pumping detector's prefix of a number.
     fn prefix(&self, number: &E164) -> Option<Prefix> {
         self.pumping

@@ -199,7 +199,12 @@ impl Default for PumpingPolicy {
             baseline_floor: HashMap::new(),
             default_baseline_floor: 0.5,
             cooldown_ms: 12 * HOUR_MS,
-            spend: SpendPolicy::default(),
+            // A flat 0.05 a message until a price table is configured: what an
+            // international SMS costs in order of magnitude, so estimates are not zero.
+            spend: SpendPolicy {
+                default_price_micros: 50_000,
+                ..SpendPolicy::default()
+            },
         }
     }
 }

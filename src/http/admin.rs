@@ -269,3 +269,90 @@ pub async fn remove_list_entry(
     st.lists.invalidate();
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// Filters of `GET /v1/admin/stats`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct StatsQuery {
+    /// The window, in hours back from now: 1–168, default 24.
+    pub hours: Option<u32>,
+}
+
+/// One country calling code's traffic in the window.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CountryStatsView {
+    pub country_code: u16,
+    pub verifications: u64,
+    pub sends: u64,
+    pub approvals: u64,
+    /// Approvals ÷ verifications that sent a message; `null` without any.
+    pub conversion: Option<f64>,
+    pub blocked: u64,
+    pub shadow_blocked: u64,
+    /// Sends × the country's price per message (the pumping detector's price table),
+    /// in millionths of the currency unit.
+    pub estimated_cost_micros: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatsView {
+    pub since: String,
+    /// Services that still send to every region on some channel (see `abuse.geo`).
+    pub services_open_to_every_region: Vec<String>,
+    pub countries: Vec<CountryStatsView>,
+}
+
+#[utoipa::path(
+    get, path = "/v1/admin/stats", tag = "admin",
+    params(StatsQuery),
+    responses((status = 200, body = StatsView), (status = 400, description = "invalid_request, invalid_field")),
+    security(("api_key" = []))
+)]
+pub async fn stats(
+    State(st): State<AppState>,
+    _admin: AdminCaller,
+    uri: Uri,
+) -> Result<Json<StatsView>, ApiError> {
+    let Query(q) = Query::<StatsQuery>::try_from_uri(&uri)
+        .map_err(|e| ApiError::InvalidRequest(format!("query: {}", e.body_text())))?;
+    let hours = q.hours.unwrap_or(24);
+    if !(1..=168).contains(&hours) {
+        return Err(ApiError::InvalidField("hours: 1 to 168".into()));
+    }
+    let now = st.clock.now();
+    let since = now - i64::from(hours) * 3600 * 1000;
+    let mut countries: Vec<CountryStatsView> = st
+        .store
+        .country_stats(since)
+        .await?
+        .into_iter()
+        .map(|c| CountryStatsView {
+            country_code: c.country_code,
+            verifications: c.verifications,
+            sends: c.sends,
+            approvals: c.approvals,
+            conversion: (c.verifications > 0).then(|| c.approvals as f64 / c.verifications as f64),
+            blocked: c.blocked,
+            shadow_blocked: c.shadow_blocked,
+            estimated_cost_micros: c.sends * st.abuse.price_micros(c.country_code),
+        })
+        .collect();
+    countries.sort_by(|a, b| {
+        b.sends
+            .cmp(&a.sends)
+            .then(a.country_code.cmp(&b.country_code))
+    });
+    let services_open_to_every_region = st
+        .store
+        .list_services()
+        .await?
+        .into_iter()
+        .filter(|s| s.config.abuse.geo.open_anywhere())
+        .map(|s| s.config.name.clone())
+        .collect();
+    Ok(Json(StatsView {
+        since: rfc3339(since),
+        services_open_to_every_region,
+        countries,
+    }))
+}

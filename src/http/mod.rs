@@ -53,6 +53,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(accounts::unbind),
         )
         .route("/v1/admin/decisions", get(admin::decisions))
+        .route("/v1/admin/stats", get(admin::stats))
         .route(
             "/v1/admin/lists/{list}",
             post(admin::add_list_entry).get(admin::get_list),

@@ -46,6 +46,7 @@ impl Modify for BearerAuth {
         accounts::get,
         accounts::unbind,
         admin::decisions,
+        admin::stats,
         admin::add_list_entry,
         admin::get_list,
         admin::remove_list_entry,

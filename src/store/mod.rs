@@ -333,6 +333,19 @@ pub struct ListEntry {
     pub expires_at: Option<Millis>,
 }
 
+/// Traffic of one country calling code since some time, for the admin statistics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CountryStats {
+    pub country_code: u16,
+    /// Verifications that sent a message (test numbers and shadow blocks excluded).
+    pub verifications: u64,
+    /// Messages queued (first sends and re-sends).
+    pub sends: u64,
+    pub approvals: u64,
+    pub blocked: u64,
+    pub shadow_blocked: u64,
+}
+
 /// What a binding must respect (from the settings and the verification's service).
 #[derive(Debug, Clone, Copy)]
 pub struct BindRules {
@@ -457,6 +470,8 @@ pub trait Store: Send + Sync + 'static {
     /// Records a decision (its `id` is assigned); returns the id.
     async fn record_decision(&self, d: DecisionRecord) -> StoreResult<i64>;
     async fn list_decisions(&self, f: DecisionFilter) -> StoreResult<Vec<DecisionRecord>>;
+    /// Sends, approvals and refusals per country calling code since `since`.
+    async fn country_stats(&self, since: Millis) -> StoreResult<Vec<CountryStats>>;
 
     /// Adds an entry to an operator list, or replaces the reason and expiry of the same
     /// (list, kind, value); returns its id.

@@ -662,3 +662,39 @@ async fn a_start_for_a_bound_number_looks_like_any_other() {
         assert_eq!(bound.json[field], fresh.json[field], "{field}");
     }
 }
+
+/// Statistics per country for admins: sends, approvals, conversion, refusals and the
+/// estimated cost; and which services still reach every region.
+#[tokio::test]
+async fn admin_statistics_per_country() {
+    let app = spawn_app().await;
+    for n in 0..4 {
+        let (id, code) = app.started(&mobile(n)).await;
+        if n < 3 {
+            assert_eq!(app.check(&id, &code).await.str("status"), "approved");
+        }
+    }
+    app.started(FR_MOBILE).await;
+    app.start(UK_VOIP).await.assert_status(403);
+    let r = fetch(app.admin(reqwest::Method::GET, "/v1/admin/stats?hours=1")).await;
+    r.assert_status(200);
+    assert_eq!(r.json["services_open_to_every_region"], json!(["default"]));
+    let countries = r.json["countries"].as_array().unwrap();
+    let uk = &countries[0];
+    assert_eq!(uk["country_code"], 44, "{}", r.text);
+    assert_eq!(uk["verifications"], 4);
+    assert_eq!(uk["sends"], 4);
+    assert_eq!(uk["approvals"], 3);
+    assert_eq!(uk["conversion"], 0.75);
+    assert_eq!(uk["blocked"], 1);
+    assert!(uk["estimated_cost_micros"].as_u64().unwrap() > 0);
+    assert_eq!(countries[1]["country_code"], 33);
+    assert_eq!(countries[1]["approvals"], 0);
+    fetch(app.admin(reqwest::Method::GET, "/v1/admin/stats?hours=0"))
+        .await
+        .assert_error(400, "invalid_field");
+    // An hour later the window is empty.
+    app.advance(Duration::from_secs(3601));
+    let r = fetch(app.admin(reqwest::Method::GET, "/v1/admin/stats?hours=1")).await;
+    assert_eq!(r.json["countries"], json!([]));
+}

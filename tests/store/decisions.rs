@@ -200,3 +200,40 @@ async fn list_entries_apply_until_they_expire_or_are_removed() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn country_statistics_count_sends_approvals_and_refusals_in_the_window() {
+    each_backend(|b| async move {
+        let svc = b.service("signup", |_| {}).await;
+        b.approved(&svc, crate::fixtures::PHONE, None, T0).await;
+        b.start(&svc, crate::fixtures::PHONE_2)
+            .at(T0 + SECOND)
+            .started()
+            .await;
+        b.store
+            .record_decision(decision("SVa", &["rate_limited"], None, T0 + 2 * SECOND))
+            .await
+            .unwrap();
+        let stats = b.store.country_stats(T0).await.unwrap();
+        assert_eq!(stats.len(), 1, "{stats:?}");
+        let s = &stats[0];
+        assert_eq!(
+            (
+                s.country_code,
+                s.verifications,
+                s.sends,
+                s.approvals,
+                s.blocked,
+                s.shadow_blocked
+            ),
+            (44, 2, 2, 1, 1, 0)
+        );
+        assert!(b
+            .store
+            .country_stats(T0 + 3 * SECOND)
+            .await
+            .unwrap()
+            .is_empty());
+    })
+    .await;
+}

@@ -321,6 +321,10 @@ impl Store for SqliteStore {
         self.read(move |c| ops::list_decisions(c, &f)).await
     }
 
+    async fn country_stats(&self, since: Millis) -> StoreResult<Vec<CountryStats>> {
+        self.read(move |c| ops::country_stats(c, since)).await
+    }
+
     async fn put_list_entry(&self, e: ListEntry) -> StoreResult<i64> {
         self.writer.write(move |c| ops::put_list_entry(c, &e)).await
     }
