@@ -364,10 +364,11 @@ async fn janitor(state: AppState, mut stop: watch::Receiver<bool>) {
                             expired = r.expired,
                             idempotency_keys = r.idempotency_keys,
                             lockouts = r.lockouts,
+                            tombstones = r.tombstones,
                             "janitor pass"
                         );
                     }
-                    let full = [r.expired, r.idempotency_keys, r.lockouts]
+                    let full = [r.expired, r.idempotency_keys, r.lockouts, r.tombstones]
                         .iter()
                         .any(|&n| n >= u64::from(BATCH));
                     if !full || *stop.borrow() {

@@ -413,7 +413,13 @@ pub struct SweepReport {
     pub idempotency_keys: u64,
     /// Lockouts that have ended.
     pub lockouts: u64,
+    /// Ended bindings (tombstones) older than [`TOMBSTONE_RETENTION_MS`].
+    pub tombstones: u64,
 }
+
+/// How long an ended binding stays as a tombstone that the accounts-per-number cap
+/// counts: the longest cap window a service may set (`window_days` ≤ 366).
+pub const TOMBSTONE_RETENTION_MS: Millis = 366 * 24 * 3600 * 1000;
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {

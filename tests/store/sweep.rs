@@ -1,7 +1,7 @@
 //! The janitor's `sweep`: expire forgotten verifications, forget old idempotency keys,
 //! drop ended lockouts, a bounded number of each per call.
 
-use ringfence::store::{StartOutcome, SweepReport};
+use ringfence::store::{BindRules, StartOutcome, SweepReport, TOMBSTONE_RETENTION_MS};
 use ringfence::verify::Status;
 
 use crate::backend::each_backend;
@@ -34,6 +34,7 @@ async fn sweep_expires_forgets_and_unlocks() {
                 expired: 1,
                 idempotency_keys: 1,
                 lockouts: 1,
+                tombstones: 0,
             }
         );
         assert_eq!(b.status(&forgotten.id).await, Status::Expired);
@@ -89,6 +90,47 @@ async fn sweep_does_at_most_its_limit_per_call() {
         assert_eq!((second.expired, second.idempotency_keys), (1, 1));
         assert_eq!(b.status(&ids[2]).await, Status::Expired);
         assert_eq!(b.inspect.counts().await.idempotency_keys, 0);
+    })
+    .await;
+}
+
+/// Ended bindings stay as tombstones (the accounts cap counts them) for the retention
+/// period, then go; live bindings stay whatever their age.
+#[tokio::test]
+async fn tombstones_go_after_their_retention_and_live_bindings_stay() {
+    each_backend(|b| async move {
+        let svc = b.service("signup", |_| {}).await;
+        let rules = BindRules {
+            approval_window_ms: 600 * SECOND,
+            max_accounts: 10,
+            cap_window_ms: TOMBSTONE_RETENTION_MS,
+            one_verified_holder: false,
+        };
+        for (n, account) in ["ended", "live"].iter().enumerate() {
+            let v = b.approved(&svc, &mobile(n as u32), None, T0).await;
+            b.store
+                .bind_account(account, &v.id, T0 + SECOND, rules)
+                .await
+                .unwrap();
+        }
+        assert!(b
+            .store
+            .unbind_account("ended", T0 + 2 * SECOND)
+            .await
+            .unwrap());
+        let just_before = b
+            .store
+            .sweep(T0 + TOMBSTONE_RETENTION_MS, T0, 100)
+            .await
+            .unwrap();
+        assert_eq!(just_before.tombstones, 0);
+        let after = b
+            .store
+            .sweep(T0 + TOMBSTONE_RETENTION_MS + 2 * SECOND, T0, 100)
+            .await
+            .unwrap();
+        assert_eq!(after.tombstones, 1);
+        assert!(b.store.get_binding("live").await.unwrap().is_some());
     })
     .await;
 }

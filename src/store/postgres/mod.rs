@@ -1009,11 +1009,21 @@ impl Store for PgStore {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        let tombstones = sqlx::query(
+            "DELETE FROM bindings WHERE id IN
+               (SELECT id FROM bindings WHERE ended_at IS NOT NULL AND verified_at < $1 LIMIT $2)",
+        )
+        .bind(now - TOMBSTONE_RETENTION_MS)
+        .bind(i64::from(limit))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         tx.commit().await?;
         Ok(SweepReport {
             expired: ids.len() as u64,
             idempotency_keys,
             lockouts,
+            tombstones,
         })
     }
 }

@@ -1012,9 +1012,16 @@ pub fn sweep(
                (SELECT subject_id, service_id FROM lockouts WHERE until <= ?1 LIMIT ?2)",
         )?
         .execute(params![now, limit])? as u64;
+    let tombstones = c
+        .prepare_cached(
+            "DELETE FROM bindings WHERE id IN
+               (SELECT id FROM bindings WHERE ended_at IS NOT NULL AND verified_at < ?1 LIMIT ?2)",
+        )?
+        .execute(params![now - TOMBSTONE_RETENTION_MS, limit])? as u64;
     Ok(SweepReport {
         expired: ids.len() as u64,
         idempotency_keys,
         lockouts,
+        tombstones,
     })
 }
