@@ -159,6 +159,11 @@ impl Engine {
         self.pumping.policy().spend.price_micros(country_code)
     }
 
+    /// The number's prefix as the pumping detector groups numbers (`44:790`).
+    pub fn prefix_label(&self, number: &E164) -> Option<String> {
+        self.prefix(number).map(|p| p.to_string())
+    }
+
     /// The pumping detector's prefix of a number.
     fn prefix(&self, number: &E164) -> Option<Prefix> {
         self.pumping

@@ -294,12 +294,26 @@ pub struct CountryStatsView {
     pub estimated_cost_micros: u64,
 }
 
+/// One number prefix's traffic in the window (prefixes as the pumping detector groups
+/// numbers: country calling code and leading national digits).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PrefixStatsView {
+    pub prefix: String,
+    pub verifications: u64,
+    pub sends: u64,
+    pub approvals: u64,
+    pub conversion: Option<f64>,
+    pub estimated_cost_micros: u64,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StatsView {
     pub since: String,
     /// Services that still send to every region on some channel (see `abuse.geo`).
     pub services_open_to_every_region: Vec<String>,
     pub countries: Vec<CountryStatsView>,
+    /// The 100 prefixes with the most sends.
+    pub prefixes: Vec<PrefixStatsView>,
 }
 
 #[utoipa::path(
@@ -350,9 +364,32 @@ pub async fn stats(
         .filter(|s| s.config.abuse.geo.open_anywhere())
         .map(|s| s.config.name.clone())
         .collect();
+    let prefixes = st
+        .store
+        .prefix_stats(since, 100)
+        .await?
+        .into_iter()
+        .map(|(prefix, c)| {
+            let cc = prefix
+                .split(':')
+                .next()
+                .and_then(|cc| cc.parse().ok())
+                .unwrap_or(0);
+            PrefixStatsView {
+                verifications: c.verifications,
+                sends: c.sends,
+                approvals: c.approvals,
+                conversion: (c.verifications > 0)
+                    .then(|| c.approvals as f64 / c.verifications as f64),
+                estimated_cost_micros: c.sends * st.abuse.price_micros(cc),
+                prefix,
+            }
+        })
+        .collect();
     Ok(Json(StatsView {
         since: rfc3339(since),
         services_open_to_every_region,
         countries,
+        prefixes,
     }))
 }

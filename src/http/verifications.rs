@@ -461,6 +461,7 @@ pub async fn start(
         code,
         idempotency,
         claim_for_ms: handoff.as_ref().map(|(slot, ..)| slot.lease_ms),
+        prefix: st.abuse.prefix_label(&number),
         now,
     };
     let masked = Some(number.masked());

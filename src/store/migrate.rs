@@ -103,6 +103,7 @@ const TABLES: &[Table] = &[
             ("expires_at", Int8),
             ("last_sent_at", Int8),
             ("approved_at", Int8),
+            ("prefix", Text),
         ],
         identity: None,
     },

@@ -144,6 +144,9 @@ pub struct StartCmd {
     /// a claim and a decryption (see [`crate::delivery::Handoff`]). If the caller dies
     /// before recording the result, the lease runs out and any worker sends it.
     pub claim_for_ms: Option<i64>,
+    /// The number's prefix as the pumping detector groups numbers (`44:790`), stored
+    /// with a new verification for the statistics per prefix.
+    pub prefix: Option<String>,
     pub now: Millis,
 }
 
@@ -478,6 +481,14 @@ pub trait Store: Send + Sync + 'static {
     async fn list_decisions(&self, f: DecisionFilter) -> StoreResult<Vec<DecisionRecord>>;
     /// Sends, approvals and refusals per country calling code since `since`.
     async fn country_stats(&self, since: Millis) -> StoreResult<Vec<CountryStats>>;
+    /// Verifications, sends and approvals per number prefix since `since`, the `limit`
+    /// prefixes with the most sends first (`country_code` holds 0; refusals are not
+    /// counted per prefix).
+    async fn prefix_stats(
+        &self,
+        since: Millis,
+        limit: u32,
+    ) -> StoreResult<Vec<(String, CountryStats)>>;
 
     /// Adds an entry to an operator list, or replaces the reason and expiry of the same
     /// (list, kind, value); returns its id.

@@ -690,6 +690,12 @@ async fn admin_statistics_per_country() {
     assert!(uk["estimated_cost_micros"].as_u64().unwrap() > 0);
     assert_eq!(countries[1]["country_code"], 33);
     assert_eq!(countries[1]["approvals"], 0);
+    // Per prefix (as the pumping detector groups numbers): +44 7900… and +33 6 12….
+    let prefixes = r.json["prefixes"].as_array().unwrap();
+    assert_eq!(prefixes[0]["prefix"], "44:790", "{}", r.text);
+    assert_eq!(prefixes[0]["sends"], 4);
+    assert_eq!(prefixes[0]["conversion"], 0.75);
+    assert_eq!(prefixes[1]["prefix"], "33:612");
     fetch(app.admin(reqwest::Method::GET, "/v1/admin/stats?hours=0"))
         .await
         .assert_error(400, "invalid_field");

@@ -308,6 +308,8 @@ impl Start<'_> {
             code: otp(&self.code),
             idempotency: self.idempotency,
             claim_for_ms: self.claim_for_ms,
+            // Every fixture number is a UK mobile of the 44:7 range.
+            prefix: Some("44:7".to_owned()),
             now: self.now,
         };
         Prepared {

@@ -33,6 +33,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_decisions.sql")),
     (3, include_str!("migrations/0003_lists.sql")),
+    (4, include_str!("migrations/0004_prefix.sql")),
 ];
 
 /// Pool and timeout settings.
@@ -707,6 +708,35 @@ impl Store for PgStore {
         Ok(by_cc.into_values().collect())
     }
 
+    async fn prefix_stats(
+        &self,
+        since: Millis,
+        limit: u32,
+    ) -> StoreResult<Vec<(String, CountryStats)>> {
+        let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT v.prefix, COUNT(*), SUM(v.sends)::int8, SUM(CASE WHEN v.status = 'approved' THEN 1 ELSE 0 END)::int8
+             FROM verifications v
+             WHERE v.created_at >= $1 AND NOT v.test_number AND v.prefix IS NOT NULL
+             GROUP BY v.prefix ORDER BY 3 DESC, 1 LIMIT $2",
+        )
+        .bind(since)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(prefix, verifications, sends, approvals)| {
+                let stats = CountryStats {
+                    verifications: verifications as u64,
+                    sends: sends as u64,
+                    approvals: approvals as u64,
+                    ..CountryStats::default()
+                };
+                (prefix, stats)
+            })
+            .collect())
+    }
+
     async fn put_list_entry(&self, e: ListEntry) -> StoreResult<i64> {
         Ok(sqlx::query_scalar(
             "INSERT INTO abuse_lists (list, kind, value, reason, created_at, expires_at)
@@ -1048,6 +1078,7 @@ async fn start(
         code,
         idempotency,
         claim_for_ms,
+        prefix,
         now,
     } = cmd;
     // Every start for this number, on any instance, waits here for the one before it:
@@ -1183,15 +1214,15 @@ async fn start(
             // With its message, in one statement: one round trip less.
             let insert_verification = "INSERT INTO verifications (id, service_id, subject_id, status, channel, code_hash, locale, account_ref,
                     purpose, signals_ct, sends, max_sends, attempts, max_attempts, lockout_ms, test_number, created_at,
-                    updated_at, expires_at, last_sent_at)
-                 VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, 1, $10, 0, $11, $12, $13, $14, $14, $15, $14)";
+                    updated_at, expires_at, last_sent_at, prefix)
+                 VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, 1, $10, 0, $11, $12, $13, $14, $14, $15, $14, $16)";
             let sql = if sealed.message.is_some() {
                 format!(
                     "WITH v AS ({insert_verification} RETURNING id)
                      INSERT INTO outbox (verification_id, subject_id, channel, payload, status, attempts, next_attempt_at,
                                          lease_until, not_after, created_at, updated_at)
-                     SELECT v.id, $3, $4, $16, CASE WHEN $17::bigint IS NULL THEN 'queued' ELSE 'sending' END,
-                            CASE WHEN $17::bigint IS NULL THEN 0 ELSE 1 END, $14, $17, $15, $14, $14 FROM v
+                     SELECT v.id, $3, $4, $17, CASE WHEN $18::bigint IS NULL THEN 'queued' ELSE 'sending' END,
+                            CASE WHEN $18::bigint IS NULL THEN 0 ELSE 1 END, $14, $18, $15, $14, $14 FROM v
                      RETURNING id"
                 )
             } else {
@@ -1212,7 +1243,8 @@ async fn start(
                 .bind(i64::from(config.lockout_seconds) * 1000)
                 .bind(row.test_number)
                 .bind(now)
-                .bind(expires_at);
+                .bind(expires_at)
+                .bind(&prefix);
             if let Some(payload) = &sealed.message {
                 message = q
                     .bind(payload)

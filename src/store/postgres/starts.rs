@@ -157,6 +157,7 @@ struct FreshStart<'a> {
     lockout_ms: i64,
     /// Set when the message is queued claimed by the caller (`StartCmd::claim_for_ms`).
     lease_until: Option<i64>,
+    prefix: Option<&'a str>,
 }
 
 /// The first start of each number of the batch, among those without an
@@ -191,6 +192,7 @@ fn fresh_starts<'a>(codes: &CodeHasher, cmds: &'a [StartCmd]) -> Vec<FreshStart<
                 code_hash: codes.hash(&c.id_if_new, c.code.expose()),
                 lockout_ms: i64::from(c.config.lockout_seconds) * 1000,
                 lease_until: c.claim_for_ms.map(|ms| c.now + ms),
+                prefix: c.prefix.as_deref(),
             }
         })
         .collect()
@@ -271,15 +273,15 @@ async fn fast_path(
         "WITH t AS (
             SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::bytea[], $6::text[],
                                  $7::text[], $8::text[], $9::bytea[], $10::int4[], $11::int4[], $12::int8[],
-                                 $13::bool[], $14::int8[], $15::int8[], $16::bytea[], $17::int8[])
+                                 $13::bool[], $14::int8[], $15::int8[], $16::bytea[], $17::int8[], $18::text[])
                 AS t(id, service_id, subject_id, channel, code_hash, locale, account_ref, purpose, signals_ct,
-                     max_sends, max_attempts, lockout_ms, test_number, now, expires_at, payload, lease_until)
+                     max_sends, max_attempts, lockout_ms, test_number, now, expires_at, payload, lease_until, prefix)
          ), v AS (
             INSERT INTO verifications (id, service_id, subject_id, status, channel, code_hash, locale, account_ref,
                     purpose, signals_ct, sends, max_sends, attempts, max_attempts, lockout_ms, test_number, created_at,
-                    updated_at, expires_at, last_sent_at)
+                    updated_at, expires_at, last_sent_at, prefix)
             SELECT id, service_id, subject_id, 'pending', channel, code_hash, locale, account_ref, purpose, signals_ct,
-                   1, max_sends, 0, max_attempts, lockout_ms, test_number, now, now, expires_at, now
+                   1, max_sends, 0, max_attempts, lockout_ms, test_number, now, now, expires_at, now, prefix
             FROM t
             RETURNING id
          )
@@ -309,6 +311,7 @@ async fn fast_path(
     .bind(&cols.expires_at)
     .bind(&cols.payload)
     .bind(&cols.lease_until)
+    .bind(&cols.prefix)
     .fetch_all(&mut **tx)
     .await?;
     let mut messages: HashMap<usize, i64> = HashMap::with_capacity(claimed.len());
@@ -344,6 +347,7 @@ struct Columns<'a> {
     expires_at: Vec<i64>,
     payload: Vec<Option<&'a [u8]>>,
     lease_until: Vec<Option<i64>>,
+    prefix: Vec<Option<&'a str>>,
 }
 
 impl<'a> Columns<'a> {
@@ -366,5 +370,6 @@ impl<'a> Columns<'a> {
         self.expires_at.push(r.expires_at);
         self.payload.push(f.sealed.message.as_deref());
         self.lease_until.push(f.lease_until);
+        self.prefix.push(f.prefix);
     }
 }

@@ -29,6 +29,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_decisions.sql")),
     (3, include_str!("migrations/0003_lists.sql")),
+    (4, include_str!("migrations/0004_prefix.sql")),
 ];
 
 const READERS: usize = 4;
@@ -323,6 +324,14 @@ impl Store for SqliteStore {
 
     async fn country_stats(&self, since: Millis) -> StoreResult<Vec<CountryStats>> {
         self.read(move |c| ops::country_stats(c, since)).await
+    }
+
+    async fn prefix_stats(
+        &self,
+        since: Millis,
+        limit: u32,
+    ) -> StoreResult<Vec<(String, CountryStats)>> {
+        self.read(move |c| ops::prefix_stats(c, since, limit)).await
     }
 
     async fn put_list_entry(&self, e: ListEntry) -> StoreResult<i64> {

@@ -268,6 +268,7 @@ pub fn start(c: &Connection, codes: &CodeHasher, cmd: StartCmd) -> StoreResult<S
         code,
         idempotency,
         claim_for_ms,
+        prefix,
         now,
     } = cmd;
     // An idempotent retry answers with what the first request created, sending nothing.
@@ -375,8 +376,8 @@ pub fn start(c: &Connection, codes: &CodeHasher, cmd: StartCmd) -> StoreResult<S
             c.prepare_cached(
                 "INSERT INTO verifications (id, service_id, subject_id, status, channel, code_hash, locale, account_ref,
                     purpose, signals_ct, sends, max_sends, attempts, max_attempts, lockout_ms, test_number, created_at,
-                    updated_at, expires_at, last_sent_at)
-                 VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, 1, ?10, 0, ?11, ?12, ?13, ?14, ?14, ?15, ?14)",
+                    updated_at, expires_at, last_sent_at, prefix)
+                 VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, 1, ?10, 0, ?11, ?12, ?13, ?14, ?14, ?15, ?14, ?16)",
             )?
             .execute(params![
                 row.id,
@@ -394,6 +395,7 @@ pub fn start(c: &Connection, codes: &CodeHasher, cmd: StartCmd) -> StoreResult<S
                 row.test_number,
                 now,
                 expires_at,
+                prefix,
             ])
             .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("pending_verification") } else { e.into() })?;
             (row, false)
@@ -825,6 +827,33 @@ pub fn country_stats(c: &Connection, since: Millis) -> StoreResult<Vec<CountrySt
         e.shadow_blocked = shadow as u64;
     }
     Ok(by_cc.into_values().collect())
+}
+
+pub fn prefix_stats(
+    c: &Connection,
+    since: Millis,
+    limit: u32,
+) -> StoreResult<Vec<(String, CountryStats)>> {
+    let rows = c
+        .prepare_cached(
+            "SELECT v.prefix, COUNT(*), SUM(v.sends), SUM(CASE WHEN v.status = 'approved' THEN 1 ELSE 0 END)
+             FROM verifications v
+             WHERE v.created_at >= ?1 AND v.test_number = 0 AND v.prefix IS NOT NULL
+             GROUP BY v.prefix ORDER BY 3 DESC, 1 LIMIT ?2",
+        )?
+        .query_map(params![since, limit], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                CountryStats {
+                    verifications: r.get::<_, i64>(1)? as u64,
+                    sends: r.get::<_, i64>(2)? as u64,
+                    approvals: r.get::<_, i64>(3)? as u64,
+                    ..CountryStats::default()
+                },
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
 }
 
 // ---------------------------------------------------------------- operator lists
