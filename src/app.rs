@@ -254,6 +254,8 @@ pub struct AppOptions {
     pub worker: WorkerSettings,
     /// Rate-limit and metering state: in-process, or Redis shared by instances.
     pub counters: Arc<dyn Counters>,
+    /// The SMS-pumping detector's mode and the spend breaker.
+    pub pumping: crate::abuse::pumping::PumpingPolicy,
 }
 
 pub struct Application {
@@ -287,7 +289,7 @@ impl Application {
             abuse: Arc::new(crate::abuse::Engine::new(
                 opts.counters.clone(),
                 pseudonyms,
-                crate::abuse::pumping::PumpingPolicy::default(),
+                opts.pumping,
             )),
             counters: opts.counters,
         };

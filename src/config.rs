@@ -26,6 +26,10 @@ pub struct FileConfig {
     pub durability: Option<String>,
     pub counters_url: Option<String>,
     pub outbox_lease_seconds: Option<u32>,
+    pub pumping_mode: Option<String>,
+    pub sms_price_micros: Option<u64>,
+    pub daily_budget_micros: Option<u64>,
+    pub country_daily_budget_micros: Option<u64>,
 }
 
 /// What flags and environment variables gave (clap fills it).
@@ -66,6 +70,21 @@ pub struct Overrides {
     /// (a worker that died) [default: 30]
     #[arg(long, env = "RINGFENCE_OUTBOX_LEASE_SECONDS")]
     pub outbox_lease_seconds: Option<u32>,
+    /// SMS-pumping detector: enforce (shadow-block closed prefixes) | monitor (only
+    /// report) [default: enforce]
+    #[arg(long, env = "RINGFENCE_PUMPING_MODE")]
+    pub pumping_mode: Option<String>,
+    /// Price of one message, in millionths of the currency unit, for the spend breaker
+    /// and the statistics [default: 50000]
+    #[arg(long, env = "RINGFENCE_SMS_PRICE_MICROS")]
+    pub sms_price_micros: Option<u64>,
+    /// Spend per UTC day on all countries after which sends are shadow-blocked until
+    /// the day ends, in millionths [default: none]
+    #[arg(long, env = "RINGFENCE_DAILY_BUDGET_MICROS")]
+    pub daily_budget_micros: Option<u64>,
+    /// The same per country calling code [default: none]
+    #[arg(long, env = "RINGFENCE_COUNTRY_DAILY_BUDGET_MICROS")]
+    pub country_daily_budget_micros: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +121,8 @@ pub struct Config {
     pub durability: crate::store::sqlite::Durability,
     pub counters: crate::counters::CountersSpec,
     pub outbox_lease_seconds: u32,
+    /// The SMS-pumping detector's mode and the spend breaker.
+    pub pumping: crate::abuse::pumping::PumpingPolicy,
     /// The file that was read, if any.
     pub file: Option<PathBuf>,
 }
@@ -217,6 +238,32 @@ impl Config {
         if !(1..=3600).contains(&outbox_lease_seconds) {
             return Err(bad("outbox_lease_seconds", "must be between 1 and 3600"));
         }
+        let mut pumping = crate::abuse::pumping::PumpingPolicy::default();
+        pumping.mode = match o.pumping_mode.clone().or(file.pumping_mode).as_deref() {
+            None | Some("enforce") => crate::abuse::pumping::Mode::Enforce,
+            Some("monitor") => crate::abuse::pumping::Mode::Monitor,
+            Some(other) => {
+                return Err(bad(
+                    "pumping_mode",
+                    format!("`{other}`: expected enforce or monitor"),
+                ))
+            }
+        };
+        if let Some(price) = o.sms_price_micros.or(file.sms_price_micros) {
+            pumping.spend.default_price_micros = price;
+        }
+        pumping.spend.global_budget_micros = o.daily_budget_micros.or(file.daily_budget_micros);
+        pumping.spend.default_country_budget_micros = o
+            .country_daily_budget_micros
+            .or(file.country_daily_budget_micros);
+        if pumping.spend.global_budget_micros == Some(0)
+            || pumping.spend.default_country_budget_micros == Some(0)
+        {
+            return Err(bad(
+                "daily_budget_micros",
+                "a budget of 0 would stop every send; leave it out for no budget",
+            ));
+        }
         Ok(Self {
             listen,
             data_dir,
@@ -228,6 +275,7 @@ impl Config {
             durability,
             counters,
             outbox_lease_seconds,
+            pumping,
             file: path,
         })
     }
@@ -301,11 +349,69 @@ durability = "full"
 # every instance, e.g. "redis://127.0.0.1:6379". Sending fails closed (503) while Redis
 # is unreachable; checks keep working.
 counters_url = "memory"
+
+# The SMS-pumping detector: "enforce" shadow-blocks prefixes whose codes nobody enters
+# (answered as if sent, nothing sent); "monitor" only reports them. See docs/abuse.md.
+pumping_mode = "enforce"
+
+# Price of one message in millionths of the currency unit (50000 = 0.05), for the spend
+# breaker and the statistics' cost estimates.
+sms_price_micros = 50000
+
+# Spend per UTC day after which sends are shadow-blocked until the day ends: in all, and
+# per country calling code (millionths of the currency unit). No budget when absent.
+# daily_budget_micros = 500000000
+# country_daily_budget_micros = 100000000
 "#;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pumping_detector_and_the_spend_breaker_are_configured() {
+        let base = || Overrides {
+            data_dir: Some("d".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(&base(), true).unwrap();
+        assert_eq!(c.pumping.mode, crate::abuse::pumping::Mode::Enforce);
+        assert_eq!(c.pumping.spend.default_price_micros, 50_000);
+        assert_eq!(c.pumping.spend.global_budget_micros, None);
+        let c = Config::resolve(
+            &Overrides {
+                pumping_mode: Some("monitor".into()),
+                sms_price_micros: Some(8_000),
+                daily_budget_micros: Some(1_000_000),
+                country_daily_budget_micros: Some(200_000),
+                ..base()
+            },
+            true,
+        )
+        .unwrap();
+        assert_eq!(c.pumping.mode, crate::abuse::pumping::Mode::Monitor);
+        assert_eq!(c.pumping.spend.price_micros(44), 8_000);
+        assert_eq!(c.pumping.spend.global_budget_micros, Some(1_000_000));
+        assert_eq!(c.pumping.spend.country_budget_micros(44), Some(200_000));
+        let e = Config::resolve(
+            &Overrides {
+                pumping_mode: Some("off".into()),
+                ..base()
+            },
+            true,
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "pumping_mode");
+        let e = Config::resolve(
+            &Overrides {
+                daily_budget_micros: Some(0),
+                ..base()
+            },
+            true,
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "daily_budget_micros");
+    }
 
     #[test]
     fn defaults_apply_without_file_or_overrides() {

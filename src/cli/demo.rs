@@ -114,6 +114,7 @@ async fn demo() -> anyhow::Result<()> {
         settings: Settings::default(),
         worker: WorkerSettings::default(),
         counters: Arc::new(crate::counters::MemoryCounters::default()),
+        pumping: Default::default(),
     })
     .await?;
     let addr = app.local_addr();

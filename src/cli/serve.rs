@@ -110,6 +110,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .build()
             .await
             .map_err(|e| anyhow::anyhow!("counters_url: {e}"))?,
+        pumping: config.pumping.clone(),
         worker: WorkerSettings {
             lease: std::time::Duration::from_secs(u64::from(config.outbox_lease_seconds)),
             max_attempts: config.outbox_max_attempts,

@@ -704,3 +704,56 @@ async fn admin_statistics_per_country() {
     let r = fetch(app.admin(reqwest::Method::GET, "/v1/admin/stats?hours=1")).await;
     assert_eq!(r.json["countries"], json!([]));
 }
+
+/// The spend breaker: once the day's spend reaches the budget, sends are shadow-blocked
+/// until the UTC day ends.
+#[tokio::test]
+async fn the_daily_budget_trips_a_breaker() {
+    let mut pumping = ringfence::abuse::pumping::PumpingPolicy::default();
+    pumping.spend.default_price_micros = 50_000;
+    pumping.spend.global_budget_micros = Some(100_000); // two messages
+    let app = spawn_app_with(
+        std::sync::Arc::new(ringfence::counters::MemoryCounters::default()),
+        pumping,
+    )
+    .await;
+    app.started(&mobile(1)).await;
+    app.started(FR_MOBILE).await;
+    let r = app.start(UK_MOBILE_2).await;
+    r.assert_status(201);
+    app.start(US_NUMBER).await.assert_status(201);
+    assert!(
+        app.messages_to(UK_MOBILE_2).is_empty(),
+        "the budget is spent"
+    );
+    let d = fetch(app.admin(
+        reqwest::Method::GET,
+        "/v1/admin/decisions?reason=global_budget_exceeded",
+    ))
+    .await;
+    assert_eq!(
+        d.json["decisions"].as_array().unwrap().len(),
+        2,
+        "{}",
+        d.text
+    );
+    // A new UTC day, a new budget.
+    app.advance(Duration::from_secs(24 * 3600));
+    app.started(&mobile(2)).await;
+}
+
+/// Monitor mode: the breaker reports, nothing is blocked.
+#[tokio::test]
+async fn in_monitor_mode_the_breaker_only_reports() {
+    let mut pumping = ringfence::abuse::pumping::PumpingPolicy::default();
+    pumping.mode = ringfence::abuse::pumping::Mode::Monitor;
+    pumping.spend.global_budget_micros = Some(50_000); // one message
+    let app = spawn_app_with(
+        std::sync::Arc::new(ringfence::counters::MemoryCounters::default()),
+        pumping,
+    )
+    .await;
+    app.started(&mobile(1)).await;
+    app.started(&mobile(2)).await;
+    app.started(&mobile(3)).await;
+}

@@ -260,6 +260,14 @@ pub async fn spawn_app() -> TestApp {
 
 /// `spawn_app` with the given counters (e.g. Redis, or Redis that cannot be reached).
 pub async fn spawn_app_with_counters(counters: Arc<dyn ringfence::counters::Counters>) -> TestApp {
+    spawn_app_with(counters, Default::default()).await
+}
+
+/// `spawn_app` with the given counters and SMS-pumping policy (mode, spend breaker).
+pub async fn spawn_app_with(
+    counters: Arc<dyn ringfence::counters::Counters>,
+    pumping: ringfence::abuse::pumping::PumpingPolicy,
+) -> TestApp {
     let dir = tempfile::tempdir().expect("temporary directory");
     let db_path = dir.path().join("ringfence.db");
     let keys = Keyring::ephemeral();
@@ -285,6 +293,7 @@ pub async fn spawn_app_with_counters(counters: Arc<dyn ringfence::counters::Coun
             ..WorkerSettings::default()
         },
         counters,
+        pumping,
     })
     .await
     .expect("application builds");
