@@ -55,6 +55,7 @@ pub struct AppState {
     pub counters: Arc<dyn Counters>,
     pub abuse: Arc<crate::abuse::Engine>,
     pub lists: Arc<ListCache>,
+    pub metrics: Arc<crate::http::metrics::Metrics>,
 }
 
 /// The operator lists, cached like services: a change applies within the time to live
@@ -280,6 +281,7 @@ impl Application {
         let state = AppState {
             services: Arc::new(ServiceCache::new(opts.store.clone(), ttl)),
             lists: Arc::new(ListCache::new(opts.store.clone(), ttl)),
+            metrics: Arc::default(),
             api_keys: Arc::new(ApiKeyCache::new(opts.store.clone(), ttl)),
             store: opts.store,
             keys: Arc::new(opts.keys),

@@ -25,6 +25,16 @@ pub enum Action {
     ShadowBlock,
 }
 
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Block => "block",
+            Self::ShadowBlock => "shadow_block",
+        }
+    }
+}
+
 /// Why a send was not allowed: stable codes, in the API and in stored decisions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

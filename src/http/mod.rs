@@ -7,6 +7,7 @@ mod admin;
 mod error;
 pub mod extract;
 mod health;
+pub mod metrics;
 pub mod openapi;
 mod services;
 mod validate;
@@ -63,6 +64,7 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(admin::remove_list_entry),
         )
         .route("/healthz", get(health::healthz))
+        .route("/metrics", get(metrics::metrics))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::document))
         .route("/docs", get(openapi::reference_page))

@@ -7,7 +7,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, admin, health, services, verifications};
+use super::{accounts, admin, health, metrics, services, verifications};
 
 struct BearerAuth;
 
@@ -52,6 +52,7 @@ impl Modify for BearerAuth {
         admin::remove_list_entry,
         health::healthz,
         health::readyz,
+        metrics::metrics,
     ),
     modifiers(&BearerAuth),
     tags(

@@ -239,12 +239,7 @@ async fn record_decision(
         at: now,
         service_id: service_id.to_owned(),
         verification_id: verification_id.map(str::to_owned),
-        action: match d.action {
-            Action::Block => "block",
-            Action::ShadowBlock => "shadow_block",
-            Action::Allow => "allow",
-        }
-        .to_owned(),
+        action: d.action.as_str().to_owned(),
         reasons: d.reasons.iter().map(|r| r.as_str().to_owned()).collect(),
         factors: serde_json::to_string(&d.factors).unwrap_or_else(|_| "[]".into()),
         channel: channel.as_str().to_owned(),
@@ -400,6 +395,10 @@ pub async fn start(
         for event in &decision.events {
             tracing::warn!(event = ?event, "anti-abuse event");
         }
+        st.metrics.decision(
+            decision.action.as_str(),
+            decision.reasons.first().map_or("none", |r| r.as_str()),
+        );
         if decision.action != Action::Allow {
             tracing::info!(
                 subject = %bi.short(),
@@ -560,6 +559,7 @@ async fn check_by_id(st: &AppState, id: &str, code: &str) -> Result<Response, Ap
     let reserved = match st.abuse.reserve_guess(&policy, &service_id, &bi, now).await {
         Ok(Some(l)) if l.retry_after_ms.is_some() => {
             tracing::info!(subject = %bi.short(), "check refused: the number's guess budget is spent");
+            st.metrics.check("rate_limited");
             return Err(ApiError::RateLimited(l));
         }
         Ok(l) => l.is_some(),
@@ -582,6 +582,13 @@ async fn check_by_id(st: &AppState, id: &str, code: &str) -> Result<Response, Ap
             tracing::warn!(error = %e, "could not give back a guess reservation");
         }
     }
+    st.metrics.check(match &outcome {
+        Ok(CheckOutcome::Approved(_)) => "approved",
+        Ok(CheckOutcome::Wrong { .. }) => "wrong",
+        Ok(CheckOutcome::Refused { .. }) => "refused",
+        Ok(CheckOutcome::NotFound) => "not_found",
+        Err(_) => "error",
+    });
     let outcome = outcome?;
     match outcome {
         CheckOutcome::NotFound => Err(ApiError::VerificationNotFound),

@@ -757,3 +757,29 @@ async fn in_monitor_mode_the_breaker_only_reports() {
     app.started(&mobile(2)).await;
     app.started(&mobile(3)).await;
 }
+
+/// Decisions and checks are counted in the Prometheus metrics, by code only.
+#[tokio::test]
+async fn decisions_and_checks_are_counted_in_the_metrics() {
+    let app = spawn_app().await;
+    let (id, code) = app.started(UK_MOBILE).await;
+    app.check(&id, &wrong_code(&code)).await.assert_status(200);
+    app.check(&id, &code).await.assert_status(200);
+    app.start(UK_VOIP).await.assert_status(403);
+    let m = fetch(app.anon(reqwest::Method::GET, "/metrics")).await;
+    m.assert_status(200);
+    assert!(m.header("content-type").unwrap().starts_with("text/plain"));
+    for line in [
+        "ringfence_send_decisions_total{action=\"allow\",reason=\"none\"} 1",
+        "ringfence_send_decisions_total{action=\"block\",reason=\"number_type_not_allowed\"} 1",
+        "ringfence_checks_total{outcome=\"wrong\"} 1",
+        "ringfence_checks_total{outcome=\"approved\"} 1",
+    ] {
+        assert!(
+            m.text.lines().any(|l| l == line),
+            "missing `{line}` in:\n{}",
+            m.text
+        );
+    }
+    assert!(!m.text.contains("447400123456") && !m.text.contains(&code));
+}
