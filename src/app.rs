@@ -328,6 +328,7 @@ impl Application {
             clock: self.state.clock.clone(),
             wake: self.state.outbox.wake(),
             settings: self.worker,
+            abuse: Some(self.state.abuse.clone()),
         };
         let worker = tokio::spawn(worker.run(self.handoffs, stop_rx.clone()));
         let janitor = tokio::spawn(janitor(self.state.clone(), stop_rx));

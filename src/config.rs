@@ -30,6 +30,10 @@ pub struct FileConfig {
     pub sms_price_micros: Option<u64>,
     pub daily_budget_micros: Option<u64>,
     pub country_daily_budget_micros: Option<u64>,
+    /// Per country calling code (file only): `sms_prices_micros = { "44" = 40000 }`.
+    pub sms_prices_micros: Option<std::collections::BTreeMap<String, u64>>,
+    /// Per country calling code (file only), overriding `country_daily_budget_micros`.
+    pub country_daily_budgets_micros: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 /// What flags and environment variables gave (clap fills it).
@@ -256,7 +260,17 @@ impl Config {
         pumping.spend.default_country_budget_micros = o
             .country_daily_budget_micros
             .or(file.country_daily_budget_micros);
+        pumping.spend.prices_micros = by_country("sms_prices_micros", file.sms_prices_micros)?;
+        pumping.spend.country_budgets_micros = by_country(
+            "country_daily_budgets_micros",
+            file.country_daily_budgets_micros,
+        )?;
         if pumping.spend.global_budget_micros == Some(0)
+            || pumping
+                .spend
+                .country_budgets_micros
+                .values()
+                .any(|&b| b == 0)
             || pumping.spend.default_country_budget_micros == Some(0)
         {
             return Err(bad(
@@ -279,6 +293,24 @@ impl Config {
             file: path,
         })
     }
+}
+
+/// A table keyed by country calling code (`"44"`), as the file gives it.
+fn by_country(
+    key: &'static str,
+    table: Option<std::collections::BTreeMap<String, u64>>,
+) -> Result<std::collections::HashMap<u16, u64>, ConfigError> {
+    table
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(cc, v)| match cc.parse::<u16>() {
+            Ok(n) if (1..=999).contains(&n) => Ok((n, v)),
+            _ => Err(bad(
+                key,
+                format!("`{cc}` is not a country calling code (1 to 999)"),
+            )),
+        })
+        .collect()
 }
 
 fn read_file(p: &Path) -> Result<FileConfig, ConfigError> {
@@ -362,6 +394,13 @@ sms_price_micros = 50000
 # per country calling code (millionths of the currency unit). No budget when absent.
 # daily_budget_micros = 500000000
 # country_daily_budget_micros = 100000000
+
+# Prices and budgets per country calling code (this file only), overriding the above.
+# [sms_prices_micros]
+# "1" = 8000
+# "44" = 40000
+# [country_daily_budgets_micros]
+# "44" = 200000000
 "#;
 
 #[cfg(test)]
@@ -411,6 +450,39 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.key, "daily_budget_micros");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ringfence.toml");
+        std::fs::write(
+            &file,
+            "[sms_prices_micros]\n\"44\" = 40000\n[country_daily_budgets_micros]\n\"1\" = 900\n",
+        )
+        .unwrap();
+        let c = Config::resolve(
+            &Overrides {
+                config: Some(file.clone()),
+                ..base()
+            },
+            true,
+        )
+        .unwrap();
+        assert_eq!(c.pumping.spend.price_micros(44), 40_000);
+        assert_eq!(
+            c.pumping.spend.price_micros(33),
+            50_000,
+            "the default price"
+        );
+        assert_eq!(c.pumping.spend.country_budget_micros(1), Some(900));
+        std::fs::write(&file, "[sms_prices_micros]\n\"UK\" = 1\n").unwrap();
+        let e = Config::resolve(
+            &Overrides {
+                config: Some(file),
+                ..base()
+            },
+            true,
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "sms_prices_micros");
     }
 
     #[test]

@@ -194,6 +194,14 @@ impl Engine {
         }
     }
 
+    /// Records a message the provider accepted for `number`.
+    pub async fn record_delivery(&self, number: &E164, now: Millis) -> Result<(), CountersError> {
+        match self.prefix(number) {
+            Some(p) => self.pumping.record_delivery(&p, now).await,
+            None => Ok(()),
+        }
+    }
+
     /// Records an approved verification of `number`.
     pub async fn record_approval(&self, number: &E164, now: Millis) -> Result<(), CountersError> {
         match self.prefix(number) {
@@ -350,6 +358,31 @@ impl Engine {
                     pumping::Reason::GlobalBudgetExceeded => Reason::GlobalBudgetExceeded,
                 };
                 decision.factors.push(factor("prefix", &prefix.to_string()));
+                // The figures behind the verdict, so that a closure explains itself.
+                match &closure.figures {
+                    pumping::Figures::Conversion(f) => {
+                        for (name, value) in [
+                            ("sends", f.sends.to_string()),
+                            ("approvals", f.approvals.to_string()),
+                            ("deliveries", f.deliveries.to_string()),
+                            ("conversion", format!("{:.3}", f.conversion)),
+                            ("baseline", format!("{:.3}", f.baseline)),
+                        ] {
+                            decision.factors.push(factor(name, &value));
+                        }
+                    }
+                    pumping::Figures::Spend {
+                        spent_micros,
+                        budget_micros,
+                    } => {
+                        decision
+                            .factors
+                            .push(factor("spent_micros", &spent_micros.to_string()));
+                        decision
+                            .factors
+                            .push(factor("budget_micros", &budget_micros.to_string()));
+                    }
+                }
                 if assessment.verdict.allows() {
                     // Monitor mode: send, and say what would have happened.
                     decision

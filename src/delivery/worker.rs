@@ -50,6 +50,8 @@ pub struct OutboxWorker {
     pub clock: Arc<dyn Clock>,
     pub wake: Arc<Notify>,
     pub settings: WorkerSettings,
+    /// Told of every message a sink accepted (the pumping detector's deliveries).
+    pub abuse: Option<Arc<crate::abuse::Engine>>,
 }
 
 impl OutboxWorker {
@@ -205,7 +207,10 @@ impl OutboxWorker {
                 error: "payload cannot be opened (subject erased, key mismatch or expired)".into(),
             },
             Some(msg) => match self.sink.send(&msg).await {
-                Ok(provider_ref) => DeliveryResult::Sent { provider_ref },
+                Ok(provider_ref) => {
+                    self.record_delivery(&msg).await;
+                    DeliveryResult::Sent { provider_ref }
+                }
                 Err(e) => self.after_failure(attempts, not_after, e),
             },
         };
@@ -213,6 +218,15 @@ impl OutboxWorker {
             tracing::warn!(message_id = id, error = %error, "message failed");
         }
         result
+    }
+
+    async fn record_delivery(&self, msg: &OutgoingMessage) {
+        let Some(engine) = &self.abuse else { return };
+        if let Ok(number) = ringfence_phone::E164::parse(&msg.to, None) {
+            if let Err(e) = engine.record_delivery(&number, self.clock.now()).await {
+                tracing::warn!(error = %e, "delivery not recorded for the pumping detector");
+            }
+        }
     }
 
     fn after_failure(

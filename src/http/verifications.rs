@@ -372,6 +372,7 @@ pub async fn start(
     // Test numbers never count and are never judged.
     let mut limit = None;
     let mut shadow: Option<Decision> = None;
+    let mut noted: Option<Decision> = None;
     if test_code.is_none() {
         let cx = SendContext {
             service_id: &service.id,
@@ -410,8 +411,13 @@ pub async fn start(
         }
         match decision.action {
             Action::Allow => {
-                limit = decision.limit;
+                limit = decision.limit.clone();
                 meter_send(&st, number.country_code(), now).await?;
+                // An allow with something to say (the safe list, or what monitor mode
+                // would have done) is kept like a refusal.
+                if !decision.factors.is_empty() {
+                    noted = Some(decision);
+                }
             }
             // Answered like any start; nothing is queued, nothing is sent.
             Action::ShadowBlock => shadow = Some(decision),
@@ -470,7 +476,7 @@ pub async fn start(
             resent,
             claimed_message,
         } => {
-            if let Some(d) = &shadow {
+            if let Some(d) = shadow.as_ref().or(noted.as_ref()) {
                 record_decision(
                     &st,
                     d,

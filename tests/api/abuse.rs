@@ -514,6 +514,9 @@ async fn a_shadow_block_is_recorded_with_its_verification() {
     for n in 0..40 {
         app.start(&mobile(n)).await.assert_status(201);
     }
+    for n in 0..40 {
+        app.wait_for_messages(&mobile(n), 1).await;
+    }
     app.advance(Duration::from_secs(300));
     let r = app.start(&mobile(40)).await;
     let id = r.str("id").to_owned();
@@ -525,6 +528,19 @@ async fn a_shadow_block_is_recorded_with_its_verification() {
     let d = &list.json["decisions"][0];
     assert_eq!(d["action"], "shadow_block", "{}", list.text);
     assert_eq!(d["verification_id"], id);
+    // The figures behind it: 40 mature sends, none approved, all delivered.
+    let factor = |name: &str| {
+        d["factors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .map(|f| f["value"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(factor("sends").as_deref(), Some("40"), "{}", list.text);
+    assert_eq!(factor("approvals").as_deref(), Some("0"));
+    assert_eq!(factor("deliveries").as_deref(), Some("40"));
+    assert_eq!(factor("conversion").as_deref(), Some("0.000"));
     assert!(d["factors"]
         .as_array()
         .unwrap()
@@ -756,6 +772,15 @@ async fn in_monitor_mode_the_breaker_only_reports() {
     app.started(&mobile(1)).await;
     app.started(&mobile(2)).await;
     app.started(&mobile(3)).await;
+    // What would have happened is kept, on allowed sends.
+    let d = fetch(app.admin(reqwest::Method::GET, "/v1/admin/decisions")).await;
+    let first = &d.json["decisions"][0];
+    assert_eq!(first["action"], "allow", "{}", d.text);
+    assert!(first["factors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["name"] == "would_shadow_block" && f["value"] == "global_budget_exceeded"));
 }
 
 /// Decisions and checks are counted in the Prometheus metrics, by code only.
