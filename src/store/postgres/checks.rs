@@ -202,7 +202,13 @@ pub(super) async fn run(
              )
              UPDATE outbox o SET status = e.status, payload = NULL, lease_until = NULL, updated_at = e.at
              FROM unnest($10::text[], $11::text[], $12::int8[]) AS e(verification_id, status, at)
-             WHERE o.verification_id = e.verification_id AND o.status IN ('queued', 'sending', 'retry')",
+             -- `= ANY($10)` gives the planner an indexed, small restriction on the
+             -- outbox (the join alone led it to a sequential scan: ~50 ms per batch
+             -- with 100k messages). The status test is not written as `IN ('queued',
+             -- 'sending', 'retry')`: that is the predicate of the partial index
+             -- `outbox_due`, which the planner would AND in, scanning its dead entries.
+             WHERE o.verification_id = ANY($10) AND o.verification_id = e.verification_id
+               AND o.status NOT IN ('sent', 'failed', 'expired', 'canceled')",
         )
         .bind(&id)
         .bind(&status)

@@ -375,7 +375,7 @@ async fn end_queued_messages(
 ) -> StoreResult<()> {
     sqlx::query(
         "UPDATE outbox SET status = $2, payload = NULL, lease_until = NULL, updated_at = $3
-         WHERE verification_id = $1 AND status IN ('queued', 'sending', 'retry')",
+         WHERE verification_id = $1 AND status NOT IN ('sent', 'failed', 'expired', 'canceled')",
     )
     .bind(verification_id)
     .bind(status)
