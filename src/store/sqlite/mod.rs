@@ -30,6 +30,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/0002_decisions.sql")),
     (3, include_str!("migrations/0003_lists.sql")),
     (4, include_str!("migrations/0004_prefix.sql")),
+    (5, include_str!("migrations/0005_tombstone_index.sql")),
 ];
 
 const READERS: usize = 4;
