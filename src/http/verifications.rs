@@ -23,7 +23,7 @@ use crate::crypto::{self, BlindIndex, DataKey};
 use crate::delivery::{Handoff, OutgoingMessage, Payload};
 use crate::store::{
     CancelOutcome, CheckOutcome, DecisionRecord, IdempotencyCmd, NewSubject, Reseal, Sealed,
-    SendAttempt, StartCmd, StartOutcome, SubjectSecrets, VerificationRow,
+    SendAttempt, ServiceRecord, StartCmd, StartOutcome, SubjectSecrets, VerificationRow,
 };
 use crate::verify::{Channel, OtpCode, Status, VerifyError};
 
@@ -550,19 +550,33 @@ pub async fn start(
 async fn check_by_id(st: &AppState, id: &str, code: &str) -> Result<Response, ApiError> {
     let now = st.clock.now();
     let code = OtpCode::parse(code).ok_or(ApiError::InvalidCode)?;
-    // A wrong code of the number's budget is reserved before the code is compared, and
-    // given back if it was right. Without the counters, checks go on with only each
-    // verification's own attempt limit (enforced by the database).
     let (bi, service_id) = st
         .store
         .verification_owner(id)
         .await?
         .ok_or(ApiError::VerificationNotFound)?;
-    let policy = match st.services.get(&service_id, now).await? {
-        Some(s) => s.config.abuse.clone(),
-        None => return Err(ApiError::VerificationNotFound),
-    };
-    let reserved = match st.abuse.reserve_guess(&policy, &service_id, &bi, now).await {
+    let service = st
+        .services
+        .get(&service_id, now)
+        .await?
+        .ok_or(ApiError::VerificationNotFound)?;
+    check_owned(st, id, code, &bi, &service, now).await
+}
+
+/// Checks `code` on verification `id` of the number `bi` on `service`.
+async fn check_owned(
+    st: &AppState,
+    id: &str,
+    code: OtpCode,
+    bi: &BlindIndex,
+    service: &ServiceRecord,
+    now: Millis,
+) -> Result<Response, ApiError> {
+    // A wrong code of the number's budget is reserved before the code is compared, and
+    // given back if it was right. Without the counters, checks go on with only each
+    // verification's own attempt limit (enforced by the database).
+    let (policy, service_id) = (&service.config.abuse, service.id.as_str());
+    let reserved = match st.abuse.reserve_guess(policy, service_id, bi, now).await {
         Ok(Some(l)) if l.retry_after_ms.is_some() => {
             tracing::info!(subject = %bi.short(), "check refused: the number's guess budget is spent");
             st.metrics.check("rate_limited");
@@ -584,7 +598,7 @@ async fn check_by_id(st: &AppState, id: &str, code: &str) -> Result<Response, Ap
             })
     );
     if reserved && !wrong {
-        if let Err(e) = st.abuse.refund_guess(&policy, &service_id, &bi, now).await {
+        if let Err(e) = st.abuse.refund_guess(policy, service_id, bi, now).await {
             tracing::warn!(error = %e, "could not give back a guess reservation");
         }
     }
@@ -660,7 +674,7 @@ pub async fn check_by_number(
 ) -> Result<Response, ApiError> {
     let now = st.clock.now();
     let number = parse_number(&body.to)?;
-    OtpCode::parse(&body.code).ok_or(ApiError::InvalidCode)?;
+    let code = OtpCode::parse(&body.code).ok_or(ApiError::InvalidCode)?;
     let service_key = body
         .service
         .as_deref()
@@ -677,7 +691,8 @@ pub async fn check_by_number(
         .find_pending(&bi, &service.id, now)
         .await?
         .ok_or(ApiError::VerificationNotFound)?;
-    check_by_id(&st, &id, &body.code).await
+    // The number and its service are known: no look-up of the verification's owner.
+    check_owned(&st, &id, code, &bi, &service, now).await
 }
 
 #[utoipa::path(
