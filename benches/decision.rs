@@ -152,6 +152,8 @@ async fn decide(
     let d = engine
         .decide_send(policy, &ringfence::abuse::lists::Lists::default(), &cx, now)
         .await?;
-    engine.record_send(&c.number, now).await?;
+    if let Some(p) = &d.prefix {
+        engine.record_send(p, now).await?;
+    }
     Ok(d.action == ringfence::abuse::Action::Allow)
 }

@@ -107,6 +107,12 @@ pub struct Decision {
     /// log and count.
     #[serde(skip)]
     pub events: Vec<pumping::Event>,
+    /// The number's prefix as the pumping detector groups numbers, once it was judged:
+    /// what the caller stores with the verification and passes to
+    /// [`Engine::record_send`].
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub prefix: Option<Prefix>,
 }
 
 impl Decision {
@@ -117,6 +123,7 @@ impl Decision {
             factors,
             limit,
             events: Vec::new(),
+            prefix: None,
         }
     }
 }
@@ -169,11 +176,6 @@ impl Engine {
         self.pumping.policy().spend.price_micros(country_code)
     }
 
-    /// The number's prefix as the pumping detector groups numbers (`44:790`).
-    pub fn prefix_label(&self, number: &E164) -> Option<String> {
-        self.prefix(number).map(|p| p.to_string())
-    }
-
     /// The pumping detector's prefix of a number.
     fn prefix(&self, number: &E164) -> Option<Prefix> {
         self.pumping
@@ -182,16 +184,14 @@ impl Engine {
             .ok()
     }
 
-    /// Records a message that was queued for `number` (after the start committed).
+    /// Records a message that was queued (after the start committed) for a number of
+    /// `prefix` (the decision's).
     pub async fn record_send(
         &self,
-        number: &E164,
+        prefix: &Prefix,
         now: Millis,
     ) -> Result<Vec<pumping::Event>, CountersError> {
-        match self.prefix(number) {
-            Some(p) => self.pumping.record_send(&p, now).await,
-            None => Ok(Vec::new()),
-        }
+        self.pumping.record_send(prefix, now).await
     }
 
     /// Records a message the provider accepted for `number`.
@@ -228,6 +228,7 @@ impl Engine {
                 factors: vec![factor("safe_list", m.kind)],
                 limit: None,
                 events: Vec::new(),
+                prefix: None,
             });
         }
         if let Some(m) = lists.banned(cx.number, cx.blind_index, cx.ip) {
@@ -267,49 +268,53 @@ impl Engine {
         let l = &policy.limits;
         let national = cx.number.national_significant_number();
         let prefix = &national[..national.len().saturating_sub(4)];
-        let mut keys: Vec<(&'static str, Option<RateSpec>, String)> = vec![
+        let pseudonym = |domain: &str, value: &[u8]| self.pseudonyms.pseudonym(domain, value);
+        // Keys the request does not carry (no IP given, no device) are `None`: skipped.
+        let keys: [(&'static str, Option<RateSpec>, Option<String>); 7] = [
             (
                 "sends_per_number",
                 l.sends_per_number,
-                hex::encode(&cx.blind_index.0[..16]),
+                Some(hex::encode(&cx.blind_index.0[..16])),
             ),
             (
                 "sends_per_device",
                 l.sends_per_device,
-                self.pseudo(cx.device_id.map(str::as_bytes), "device"),
+                cx.device_id.map(|d| pseudonym("device", d.as_bytes())),
             ),
             (
                 "sends_per_account",
                 l.sends_per_account,
-                self.pseudo(cx.account_ref.map(str::as_bytes), "account"),
+                cx.account_ref.map(|a| pseudonym("account", a.as_bytes())),
             ),
             (
                 "sends_per_ip",
                 l.sends_per_ip,
-                self.pseudo(cx.ip.map(ip_group).as_deref(), "ip"),
+                cx.ip.map(|ip| pseudonym("ip", &ip_group(ip))),
             ),
             (
                 "sends_per_prefix",
                 l.sends_per_prefix,
-                self.pseudonyms.pseudonym(
+                Some(pseudonym(
                     "prefix",
                     format!("{}:{prefix}", cx.number.country_code()).as_bytes(),
-                ),
+                )),
             ),
             (
                 "sends_per_country",
                 l.sends_per_country,
-                cx.number.country_code().to_string(),
+                Some(cx.number.country_code().to_string()),
             ),
-            ("sends_per_service", l.sends_per_service, String::new()),
+            (
+                "sends_per_service",
+                l.sends_per_service,
+                Some("all".to_owned()),
+            ),
         ];
-        // Keys the request does not have (no IP given, no device) are skipped.
-        keys.retain(|(name, spec, key)| {
-            spec.is_some() && (!key.is_empty() || *name == "sends_per_service")
-        });
         let mut tightest: Option<LimitState> = None;
         for (name, spec, key) in keys {
-            let spec = spec.expect("retained only limits that are on");
+            let (Some(spec), Some(key)) = (spec, key) else {
+                continue;
+            };
             let d = self
                 .counters
                 .gcra(
@@ -345,11 +350,12 @@ impl Engine {
             factors: Vec::new(),
             limit: tightest,
             events: Vec::new(),
+            prefix: self.prefix(cx.number),
         };
         // Traffic judged fraudulent is shadow-blocked: the answer looks sent, so a
         // pumper learns nothing from it.
-        if let Some(prefix) = self.prefix(cx.number) {
-            let assessment = self.pumping.assess(&prefix, now).await?;
+        if let Some(prefix) = &decision.prefix {
+            let assessment = self.pumping.assess(prefix, now).await?;
             decision.events = assessment.events;
             if let Some(closure) = assessment.verdict.closure() {
                 let reason = match closure.reason {
@@ -445,12 +451,6 @@ impl Engine {
             }
             None => Ok(()),
         }
-    }
-
-    fn pseudo(&self, value: Option<&[u8]>, domain: &str) -> String {
-        value
-            .map(|v| self.pseudonyms.pseudonym(domain, v))
-            .unwrap_or_default()
     }
 }
 

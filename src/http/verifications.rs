@@ -373,6 +373,8 @@ pub async fn start(
     let mut limit = None;
     let mut shadow: Option<Decision> = None;
     let mut noted: Option<Decision> = None;
+    // The number's prefix as the decision judged it (none for test numbers).
+    let mut prefix = None;
     if test_code.is_none() {
         let cx = SendContext {
             service_id: &service.id,
@@ -396,6 +398,7 @@ pub async fn start(
         for event in &decision.events {
             tracing::warn!(event = ?event, "anti-abuse event");
         }
+        prefix = decision.prefix.clone();
         st.metrics.decision(
             decision.action.as_str(),
             decision.reasons.first().map_or("none", |r| r.as_str()),
@@ -466,7 +469,7 @@ pub async fn start(
         code,
         idempotency,
         claim_for_ms: handoff.as_ref().map(|(slot, ..)| slot.lease_ms),
-        prefix: st.abuse.prefix_label(&number),
+        prefix: prefix.as_ref().map(ToString::to_string),
         now,
     };
     let masked = Some(number.masked());
@@ -488,8 +491,8 @@ pub async fn start(
                 )
                 .await;
             }
-            if sent_message {
-                match st.abuse.record_send(&number, now).await {
+            if let (true, Some(p)) = (sent_message, &prefix) {
+                match st.abuse.record_send(p, now).await {
                     Ok(events) => {
                         for event in &events {
                             tracing::warn!(event = ?event, "anti-abuse event");
