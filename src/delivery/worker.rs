@@ -63,7 +63,7 @@ impl OutboxWorker {
         loop {
             if *stop.borrow() {
                 handoffs.close();
-                while handoffs.recv_many(&mut hot, batch).await > 0 {
+                while !hot.is_empty() || handoffs.recv_many(&mut hot, batch).await > 0 {
                     this.send_handed_over(std::mem::take(&mut hot)).await;
                 }
                 return;
@@ -97,12 +97,8 @@ impl OutboxWorker {
             }
             let sleep = this.idle_sleep().await;
             tokio::select! {
-                n = handoffs.recv_many(&mut hot, batch) => {
-                    if n > 0 {
-                        this.send_handed_over(std::mem::take(&mut hot)).await;
-                        this.coalesce(&mut stop).await;
-                    }
-                }
+                // Sent at the top of the loop, with whatever else has arrived.
+                _ = handoffs.recv_many(&mut hot, batch) => {}
                 _ = this.wake.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}
                 _ = stop.changed() => {}
