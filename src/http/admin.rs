@@ -15,6 +15,13 @@ use crate::app::AppState;
 use crate::clock::rfc3339;
 use crate::store::{DecisionFilter, DecisionRecord, ListEntry};
 
+/// The query string as `T`; a malformed or unknown parameter is `invalid_request`.
+fn query<T: serde::de::DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
+    Query::<T>::try_from_uri(uri)
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::InvalidRequest(format!("query: {}", e.body_text())))
+}
+
 /// Filters of `GET /v1/admin/decisions`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -89,8 +96,7 @@ pub async fn decisions(
     _admin: AdminCaller,
     uri: Uri,
 ) -> Result<Json<DecisionList>, ApiError> {
-    let Query(q) = Query::<DecisionQuery>::try_from_uri(&uri)
-        .map_err(|e| ApiError::InvalidRequest(format!("query: {}", e.body_text())))?;
+    let q: DecisionQuery = query(&uri)?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::InvalidField("limit: 1 to 500".into()));
@@ -327,8 +333,7 @@ pub async fn stats(
     _admin: AdminCaller,
     uri: Uri,
 ) -> Result<Json<StatsView>, ApiError> {
-    let Query(q) = Query::<StatsQuery>::try_from_uri(&uri)
-        .map_err(|e| ApiError::InvalidRequest(format!("query: {}", e.body_text())))?;
+    let q: StatsQuery = query(&uri)?;
     let hours = q.hours.unwrap_or(24);
     if !(1..=168).contains(&hours) {
         return Err(ApiError::InvalidField("hours: 1 to 168".into()));

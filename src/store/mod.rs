@@ -349,6 +349,33 @@ pub struct CountryStats {
     pub shadow_blocked: u64,
 }
 
+impl CountryStats {
+    /// Per-country rows from the two queries each backend runs — verifications
+    /// `(country, verifications, sends, approvals)` and decisions `(country, blocked,
+    /// shadow_blocked)` — merged, in country order.
+    pub fn merge(
+        verifications: impl IntoIterator<Item = (u16, u64, u64, u64)>,
+        decisions: impl IntoIterator<Item = (u16, u64, u64)>,
+    ) -> Vec<Self> {
+        let mut by_cc: std::collections::BTreeMap<u16, Self> = Default::default();
+        for (cc, verifications, sends, approvals) in verifications {
+            let e = by_cc.entry(cc).or_insert_with(|| Self {
+                country_code: cc,
+                ..Self::default()
+            });
+            (e.verifications, e.sends, e.approvals) = (verifications, sends, approvals);
+        }
+        for (cc, blocked, shadow_blocked) in decisions {
+            let e = by_cc.entry(cc).or_insert_with(|| Self {
+                country_code: cc,
+                ..Self::default()
+            });
+            (e.blocked, e.shadow_blocked) = (blocked, shadow_blocked);
+        }
+        by_cc.into_values().collect()
+    }
+}
+
 /// What a binding must respect (from the settings and the verification's service).
 #[derive(Debug, Clone, Copy)]
 pub struct BindRules {

@@ -673,8 +673,8 @@ impl Store for PgStore {
     }
 
     async fn country_stats(&self, since: Millis) -> StoreResult<Vec<CountryStats>> {
-        let mut by_cc: std::collections::BTreeMap<u16, CountryStats> = Default::default();
-        let rows: Vec<(i32, i64, i64, i64)> = sqlx::query_as(
+        let count = |n: i64| n.max(0) as u64;
+        let verifications: Vec<(i32, i64, i64, i64)> = sqlx::query_as(
             "SELECT s.country_code, COUNT(*), SUM(v.sends)::int8, SUM(CASE WHEN v.status = 'approved' THEN 1 ELSE 0 END)::int8
              FROM verifications v JOIN subjects s ON s.id = v.subject_id
              WHERE v.created_at >= $1 AND NOT v.test_number
@@ -683,15 +683,7 @@ impl Store for PgStore {
         .bind(since)
         .fetch_all(&self.pool)
         .await?;
-        for (cc, verifications, sends, approvals) in rows {
-            let cc = u16::try_from(cc).unwrap_or(0);
-            let e = by_cc.entry(cc).or_default();
-            e.country_code = cc;
-            e.verifications = verifications as u64;
-            e.sends = sends as u64;
-            e.approvals = approvals as u64;
-        }
-        let rows: Vec<(i32, i64, i64)> = sqlx::query_as(
+        let decisions: Vec<(i32, i64, i64)> = sqlx::query_as(
             "SELECT country_code, SUM(CASE WHEN action = 'block' THEN 1 ELSE 0 END)::int8,
                     SUM(CASE WHEN action = 'shadow_block' THEN 1 ELSE 0 END)::int8
              FROM decisions WHERE at >= $1 GROUP BY country_code",
@@ -699,14 +691,15 @@ impl Store for PgStore {
         .bind(since)
         .fetch_all(&self.pool)
         .await?;
-        for (cc, blocked, shadow) in rows {
-            let cc = u16::try_from(cc).unwrap_or(0);
-            let e = by_cc.entry(cc).or_default();
-            e.country_code = cc;
-            e.blocked = blocked as u64;
-            e.shadow_blocked = shadow as u64;
-        }
-        Ok(by_cc.into_values().collect())
+        let cc = |n: i32| u16::try_from(n).unwrap_or(0);
+        Ok(CountryStats::merge(
+            verifications
+                .into_iter()
+                .map(|(c, v, s, a)| (cc(c), count(v), count(s), count(a))),
+            decisions
+                .into_iter()
+                .map(|(c, b, sb)| (cc(c), count(b), count(sb))),
+        ))
     }
 
     async fn prefix_stats(

@@ -784,49 +784,25 @@ pub fn list_decisions(c: &Connection, f: &DecisionFilter) -> StoreResult<Vec<Dec
 }
 
 pub fn country_stats(c: &Connection, since: Millis) -> StoreResult<Vec<CountryStats>> {
-    let mut by_cc: std::collections::BTreeMap<u16, CountryStats> = Default::default();
-    let mut q = c.prepare_cached(
-        "SELECT s.country_code, COUNT(*), SUM(v.sends), SUM(CASE WHEN v.status = 'approved' THEN 1 ELSE 0 END)
+    let count = |r: &rusqlite::Row<'_>, i: usize| r.get::<_, i64>(i).map(|n| n.max(0) as u64);
+    let verifications = c
+        .prepare_cached(
+            "SELECT s.country_code, COUNT(*), SUM(v.sends), SUM(CASE WHEN v.status = 'approved' THEN 1 ELSE 0 END)
              FROM verifications v JOIN subjects s ON s.id = v.subject_id
              WHERE v.created_at >= ?1 AND v.test_number = 0
              GROUP BY s.country_code",
-    )?;
-    let rows = q.query_map([since], |r| {
-        Ok((
-            r.get::<_, u16>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, i64>(3)?,
-        ))
-    })?;
-    for row in rows {
-        let (cc, verifications, sends, approvals) = row?;
-        let e = by_cc.entry(cc).or_default();
-        e.country_code = cc;
-        e.verifications = verifications as u64;
-        e.sends = sends as u64;
-        e.approvals = approvals as u64;
-    }
-    let mut q = c.prepare_cached(
-        "SELECT country_code, SUM(CASE WHEN action = 'block' THEN 1 ELSE 0 END),
+        )?
+        .query_map([since], |r| Ok((r.get(0)?, count(r, 1)?, count(r, 2)?, count(r, 3)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let decisions = c
+        .prepare_cached(
+            "SELECT country_code, SUM(CASE WHEN action = 'block' THEN 1 ELSE 0 END),
                     SUM(CASE WHEN action = 'shadow_block' THEN 1 ELSE 0 END)
              FROM decisions WHERE at >= ?1 GROUP BY country_code",
-    )?;
-    let rows = q.query_map([since], |r| {
-        Ok((
-            r.get::<_, u16>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, i64>(2)?,
-        ))
-    })?;
-    for row in rows {
-        let (cc, blocked, shadow) = row?;
-        let e = by_cc.entry(cc).or_default();
-        e.country_code = cc;
-        e.blocked = blocked as u64;
-        e.shadow_blocked = shadow as u64;
-    }
-    Ok(by_cc.into_values().collect())
+        )?
+        .query_map([since], |r| Ok((r.get(0)?, count(r, 1)?, count(r, 2)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(CountryStats::merge(verifications, decisions))
 }
 
 pub fn prefix_stats(
