@@ -17,7 +17,7 @@ use std::time::Duration;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use ringfence::app::{AppOptions, Application, Settings};
-use ringfence::clock::{Clock, ManualClock, SystemClock};
+use ringfence::clock::{Clock, ManualClock, Millis, SystemClock};
 use ringfence::crypto::{self, Keyring};
 use ringfence::delivery::{OutgoingMessage, RecordingSink, SendError, WorkerSettings};
 use ringfence::store::sqlite::SqliteStore;
@@ -253,6 +253,24 @@ pub async fn create_key(store: &dyn Store, name: &str, scopes: Vec<Scope>) -> (S
     (key.id.clone(), key.key.clone())
 }
 
+/// Where a test's manual clock starts: the wall clock, moved (by 30 minutes, then
+/// by 2 hours if need be) into the first half of an hour and out of a day's last
+/// two hours. The anti-abuse engine counts in hourly and daily windows, and a test
+/// that sends, advances a few minutes and reads its figures must not see them
+/// split by a boundary the wall clock happened to put in between.
+fn test_start(wall: Millis) -> Millis {
+    const MINUTE: Millis = 60_000;
+    const HOUR: Millis = 60 * MINUTE;
+    let mut t = wall;
+    if t.rem_euclid(HOUR) >= 30 * MINUTE {
+        t += 30 * MINUTE;
+    }
+    if t.rem_euclid(24 * HOUR) >= 22 * HOUR {
+        t += 2 * HOUR;
+    }
+    t
+}
+
 /// Starts a fresh instance: its own temporary database, keys, clock and sink.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with_counters(Arc::new(ringfence::counters::MemoryCounters::default())).await
@@ -275,7 +293,7 @@ pub async fn spawn_app_with(
         SqliteStore::open(&db_path, keys.codes.clone(), Default::default())
             .expect("SQLite store opens"),
     );
-    let clock = ManualClock::new(SystemClock.now());
+    let clock = ManualClock::new(test_start(SystemClock.now()));
     let sink = RecordingSink::new();
     let app = Application::build(AppOptions {
         listen: "127.0.0.1:0".parse().expect("loopback address"),
