@@ -435,22 +435,23 @@ impl Engine {
         }))
     }
 
-    /// Gives back a reservation whose code was right (or was never compared).
+    /// Gives back a reservation (`reserved`, as [`Engine::reserve_guess`] answered it)
+    /// whose code was right, or was never compared.
     pub async fn refund_guess(
         &self,
-        policy: &AbusePolicy,
+        reserved: &LimitState,
         service_id: &str,
         subject: &BlindIndex,
         now: Millis,
     ) -> Result<(), CountersError> {
-        match policy.limits.wrong_codes_per_number {
-            Some(spec) => {
-                self.counters
-                    .gcra_refund(&guess_key(service_id, subject), spec.rate(), 1, now)
-                    .await
-            }
-            None => Ok(()),
-        }
+        self.counters
+            .gcra_refund(
+                &guess_key(service_id, subject),
+                reserved.spec.rate(),
+                1,
+                now,
+            )
+            .await
     }
 }
 

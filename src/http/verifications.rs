@@ -10,20 +10,22 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use std::sync::Arc;
+
 use ringfence_phone::E164;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::extract::{ApiJson, ApiPath, VerifyCaller};
 use super::{masked_number, validate, ApiError};
-use crate::abuse::{Action, Decision, Reason, SendContext};
+use crate::abuse::{Action, Decision, LimitState, Reason, SendContext};
 use crate::app::AppState;
 use crate::clock::{rfc3339, Millis};
 use crate::crypto::{self, BlindIndex, DataKey};
 use crate::delivery::{Handoff, OutgoingMessage, Payload};
 use crate::store::{
-    CancelOutcome, CheckOutcome, DecisionRecord, IdempotencyCmd, NewSubject, Reseal, Sealed,
-    SendAttempt, ServiceRecord, StartCmd, StartOutcome, SubjectSecrets, VerificationRow,
+    CancelOutcome, CheckGate, CheckOutcome, DecisionRecord, IdempotencyCmd, NewSubject, Reseal,
+    Sealed, SendAttempt, ServiceRecord, StartCmd, StartOutcome, SubjectSecrets, VerificationRow,
 };
 use crate::verify::{Channel, OtpCode, Status, VerifyError};
 
@@ -553,45 +555,113 @@ pub async fn start(
 async fn check_by_id(st: &AppState, id: &str, code: &str) -> Result<Response, ApiError> {
     let now = st.clock.now();
     let code = OtpCode::parse(code).ok_or(ApiError::InvalidCode)?;
-    let (bi, service_id) = st
-        .store
-        .verification_owner(id)
-        .await?
-        .ok_or(ApiError::VerificationNotFound)?;
-    let service = st
-        .services
-        .get(&service_id, now)
-        .await?
-        .ok_or(ApiError::VerificationNotFound)?;
-    check_owned(st, id, code, &bi, &service, now).await
+    // The store asks the gate with the verification's number and service, within the
+    // check itself: no look-up of its owner first.
+    let gate = Arc::new(GuessGate::new(st, None, now));
+    let outcome = st.store.check_gated(id, code, now, gate.clone()).await;
+    finish_check(st, &gate, outcome, now).await
 }
 
-/// Checks `code` on verification `id` of the number `bi` on `service`.
-async fn check_owned(
+/// The number's budget of wrong codes, as a check's gate: a unit is reserved before the
+/// code is compared and given back ([`GuessGate::settle`]) unless the code was wrong,
+/// so a guess that finds the budget spent is never compared, whatever the concurrency.
+/// Without the counters, checks go on with only each verification's own attempt limit
+/// (enforced by the database).
+struct GuessGate {
+    abuse: Arc<crate::abuse::Engine>,
+    services: Arc<crate::app::ServiceCache>,
+    /// The service, when the caller has it already (a check by number).
+    service: Option<ServiceRecord>,
+    now: Millis,
+    asked: std::sync::Mutex<Gated>,
+}
+
+#[derive(Default)]
+enum Gated {
+    /// No budget applies: not asked, none configured, or the counters unavailable.
+    #[default]
+    Open,
+    /// A unit was reserved from this number's budget on this service.
+    Reserved {
+        bi: BlindIndex,
+        service_id: String,
+        limit: LimitState,
+    },
+    /// The budget is spent: the code is not compared.
+    Refused(LimitState),
+}
+
+impl GuessGate {
+    fn new(st: &AppState, service: Option<ServiceRecord>, now: Millis) -> Self {
+        Self {
+            abuse: st.abuse.clone(),
+            services: st.services.clone(),
+            service,
+            now,
+            asked: Default::default(),
+        }
+    }
+
+    fn set(&self, gated: Gated) {
+        *self.asked.lock().unwrap_or_else(|e| e.into_inner()) = gated;
+    }
+
+    fn take(&self) -> Gated {
+        std::mem::take(&mut *self.asked.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+#[async_trait::async_trait]
+impl CheckGate for GuessGate {
+    async fn admit(&self, bi: &BlindIndex, service_id: &str) -> bool {
+        let service = match &self.service {
+            Some(s) => Some(s.clone()),
+            None => match self.services.get(service_id, self.now).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "service unavailable; checking with the per-verification limit only");
+                    None
+                }
+            },
+        };
+        let Some(service) = service else {
+            return true;
+        };
+        let reserved = self
+            .abuse
+            .reserve_guess(&service.config.abuse, &service.id, bi, self.now)
+            .await;
+        match reserved {
+            Ok(Some(limit)) if limit.retry_after_ms.is_some() => {
+                tracing::info!(subject = %bi.short(), "check refused: the number's guess budget is spent");
+                self.set(Gated::Refused(limit));
+                false
+            }
+            Ok(Some(limit)) => {
+                self.set(Gated::Reserved {
+                    bi: *bi,
+                    service_id: service.id,
+                    limit,
+                });
+                true
+            }
+            Ok(None) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "guess budget unavailable; checking with the per-verification limit only");
+                true
+            }
+        }
+    }
+}
+
+/// Answers a check: settles the gate's reservation (given back unless the code was
+/// wrong), counts the outcome and renders it.
+async fn finish_check(
     st: &AppState,
-    id: &str,
-    code: OtpCode,
-    bi: &BlindIndex,
-    service: &ServiceRecord,
+    gate: &GuessGate,
+    outcome: Result<CheckOutcome, crate::store::StoreError>,
     now: Millis,
 ) -> Result<Response, ApiError> {
-    // A wrong code of the number's budget is reserved before the code is compared, and
-    // given back if it was right. Without the counters, checks go on with only each
-    // verification's own attempt limit (enforced by the database).
-    let (policy, service_id) = (&service.config.abuse, service.id.as_str());
-    let reserved = match st.abuse.reserve_guess(policy, service_id, bi, now).await {
-        Ok(Some(l)) if l.retry_after_ms.is_some() => {
-            tracing::info!(subject = %bi.short(), "check refused: the number's guess budget is spent");
-            st.metrics.check("rate_limited");
-            return Err(ApiError::RateLimited(l));
-        }
-        Ok(l) => l.is_some(),
-        Err(e) => {
-            tracing::warn!(error = %e, "guess budget unavailable; checking with the per-verification limit only");
-            false
-        }
-    };
-    let outcome = st.store.check_verification(id, code, now).await;
     let wrong = matches!(
         outcome,
         Ok(CheckOutcome::Wrong { .. })
@@ -600,21 +670,34 @@ async fn check_owned(
                 ..
             })
     );
-    if reserved && !wrong {
-        if let Err(e) = st.abuse.refund_guess(policy, service_id, bi, now).await {
-            tracing::warn!(error = %e, "could not give back a guess reservation");
+    let refused = match gate.take() {
+        Gated::Reserved {
+            bi,
+            service_id,
+            limit,
+        } if !wrong => {
+            if let Err(e) = st.abuse.refund_guess(&limit, &service_id, &bi, now).await {
+                tracing::warn!(error = %e, "could not give back a guess reservation");
+            }
+            None
         }
-    }
+        Gated::Refused(limit) => Some(limit),
+        _ => None,
+    };
     st.metrics.check(match &outcome {
         Ok(CheckOutcome::Approved(_)) => "approved",
         Ok(CheckOutcome::Wrong { .. }) => "wrong",
         Ok(CheckOutcome::Refused { .. }) => "refused",
+        Ok(CheckOutcome::Gated) => "rate_limited",
         Ok(CheckOutcome::NotFound) => "not_found",
         Err(_) => "error",
     });
-    let outcome = outcome?;
-    match outcome {
+    match outcome? {
         CheckOutcome::NotFound => Err(ApiError::VerificationNotFound),
+        CheckOutcome::Gated => Err(match refused {
+            Some(limit) => ApiError::RateLimited(limit),
+            None => ApiError::Internal("a check was gated without a refusal".into()),
+        }),
         CheckOutcome::Approved(v) => {
             tracing::debug!(verification_id = %v.row.id, "verification approved");
             let number = super::open_number(st, &v.subject);
@@ -694,8 +777,16 @@ pub async fn check_by_number(
         .find_pending(&bi, &service.id, now)
         .await?
         .ok_or(ApiError::VerificationNotFound)?;
-    // The number and its service are known: no look-up of the verification's owner.
-    check_owned(&st, &id, code, &bi, &service, now).await
+    // The number and its service are known: the gate is asked here, and the check
+    // needs no look-up of the verification's owner.
+    let service_id = service.id.clone();
+    let gate = GuessGate::new(&st, Some(service), now);
+    let outcome = if gate.admit(&bi, &service_id).await {
+        st.store.check_verification(&id, code, now).await
+    } else {
+        Ok(CheckOutcome::Gated)
+    };
+    finish_check(&st, &gate, outcome, now).await
 }
 
 #[utoipa::path(

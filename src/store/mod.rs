@@ -274,9 +274,28 @@ pub struct Checked {
 #[derive(Debug)]
 pub enum CheckOutcome {
     Approved(Checked),
-    Wrong { v: Checked, attempts_left: u32 },
-    Refused { v: Checked, why: VerifyError },
+    Wrong {
+        v: Checked,
+        attempts_left: u32,
+    },
+    Refused {
+        v: Checked,
+        why: VerifyError,
+    },
+    /// The check's [`CheckGate`] refused it: its code was not compared, nothing changed.
+    Gated,
     NotFound,
+}
+
+/// What a check asks before its code is compared: may a code of this number on this
+/// service be compared now? The anti-abuse engine's per-number guess budget is such a
+/// gate. It is asked once per check of an existing verification, inside the check, so
+/// that a store which can (PostgreSQL's batches) needs no separate look-up of the
+/// verification's number first.
+#[async_trait]
+pub trait CheckGate: Send + Sync {
+    /// `true` compares the code; `false` answers [`CheckOutcome::Gated`].
+    async fn admit(&self, blind_index: &BlindIndex, service_id: &str) -> bool;
 }
 
 #[derive(Debug)]
@@ -481,6 +500,23 @@ pub trait Store: Send + Sync + 'static {
         code: OtpCode,
         now: Millis,
     ) -> StoreResult<CheckOutcome>;
+    /// [`Store::check_verification`], asking `gate` first with the verification's
+    /// number and service. By default one look-up of the owner, then the check.
+    async fn check_gated(
+        &self,
+        id: &str,
+        code: OtpCode,
+        now: Millis,
+        gate: Arc<dyn CheckGate>,
+    ) -> StoreResult<CheckOutcome> {
+        let Some((bi, service_id)) = self.verification_owner(id).await? else {
+            return Ok(CheckOutcome::NotFound);
+        };
+        if !gate.admit(&bi, &service_id).await {
+            return Ok(CheckOutcome::Gated);
+        }
+        self.check_verification(id, code, now).await
+    }
     async fn get_verification(&self, id: &str) -> StoreResult<Option<VerificationDetails>>;
     /// The id of the pending verification of a number on a service, if any.
     async fn find_pending(

@@ -5,7 +5,7 @@ use ringfence::store::{CheckOutcome, StartOutcome};
 use ringfence::verify::{Status, VerifyError};
 
 use crate::backend::each_backend;
-use crate::fixtures::{CODE, PHONE, SECOND, T0, WRONG};
+use crate::fixtures::{otp, CODE, PHONE, SECOND, T0, WRONG};
 
 #[tokio::test]
 async fn the_right_code_approves() {
@@ -196,6 +196,98 @@ async fn an_unknown_verification_is_not_found() {
             .check("VE00000000000000000000000000000000", CODE, T0)
             .await;
         assert!(matches!(out, CheckOutcome::NotFound), "got {out:?}");
+    })
+    .await;
+}
+
+/// A gate that answers as told and remembers whom it was asked about.
+struct Gate {
+    admit: bool,
+    asked: std::sync::Mutex<Vec<(ringfence::crypto::BlindIndex, String)>>,
+}
+
+#[async_trait::async_trait]
+impl ringfence::store::CheckGate for Gate {
+    async fn admit(&self, bi: &ringfence::crypto::BlindIndex, service_id: &str) -> bool {
+        self.asked
+            .lock()
+            .unwrap()
+            .push((*bi, service_id.to_owned()));
+        self.admit
+    }
+}
+
+fn gate(admit: bool) -> std::sync::Arc<Gate> {
+    std::sync::Arc::new(Gate {
+        admit,
+        asked: Default::default(),
+    })
+}
+
+/// A gated check asks its gate with the verification's number and service before the
+/// code is compared; a refusal compares nothing and changes nothing.
+#[tokio::test]
+async fn a_gate_is_asked_with_the_number_and_service_before_the_code_is_compared() {
+    each_backend(|b| async move {
+        let svc = b.service("signup", |_| {}).await;
+        let v = b.start(&svc, PHONE).started().await;
+        let now = T0 + SECOND;
+
+        let refuse = gate(false);
+        for code in [CODE, WRONG] {
+            let out = b
+                .store
+                .check_gated(&v.id, otp(code), now, refuse.clone())
+                .await
+                .unwrap();
+            assert!(matches!(out, CheckOutcome::Gated), "{out:?}");
+        }
+        assert_eq!(
+            *refuse.asked.lock().unwrap(),
+            vec![(b.blind(PHONE), svc.id.clone()); 2]
+        );
+        let row = b.details(&v.id).await.row;
+        assert_eq!((row.status, row.attempts), (Status::Pending, 0));
+        assert!(b.inspect.has_code_hash(&v.id).await);
+
+        let admit = gate(true);
+        let out = b
+            .store
+            .check_gated(&v.id, otp(WRONG), now, admit.clone())
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                out,
+                CheckOutcome::Wrong {
+                    attempts_left: 4,
+                    ..
+                }
+            ),
+            "{out:?}"
+        );
+        let out = b
+            .store
+            .check_gated(&v.id, otp(CODE), now, admit.clone())
+            .await
+            .unwrap();
+        assert!(matches!(out, CheckOutcome::Approved(_)), "{out:?}");
+        assert_eq!(admit.asked.lock().unwrap().len(), 2);
+
+        // An unknown verification is not found; nobody is asked about it.
+        let unknown = gate(true);
+        let out = b
+            .store
+            .check_gated(
+                "VE01ffffffffffffffffffffffffffffff",
+                otp(CODE),
+                now,
+                unknown.clone(),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(out, CheckOutcome::NotFound), "{out:?}");
+        assert!(unknown.asked.lock().unwrap().is_empty());
     })
     .await;
 }

@@ -5,18 +5,24 @@
 //! with its subject. Each check is then decided in order by the pure
 //! `verify::plan_check` against the state the checks before it left: of several checks
 //! of one verification in a batch, the second sees the first's approval or wrong
-//! attempt exactly as it would after the first's commit. One more statement writes all
+//! attempt exactly as it would after the first's commit. A check with a gate (the
+//! number's guess budget) asks it first, with the number and service the locking read
+//! returned: every gate of the batch at once, while the rows are locked, so a check
+//! costs one batch and no look-up of its own. One more statement writes all
 //! the changes (verifications, lockouts, the messages of verifications that ended); a
 //! last one, only when needed, reads the lockouts that refusals report.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use sqlx::{PgPool, Row};
 
 use super::{subject_from, verification_from, SUBJECT_COLUMNS, VERIFICATION_COLUMNS};
 use crate::clock::Millis;
 use crate::crypto::CodeHasher;
-use crate::store::{CheckOutcome, Checked, StoreResult, SubjectSecrets, VerificationRow};
+use crate::store::{
+    CheckGate, CheckOutcome, Checked, StoreResult, SubjectSecrets, VerificationRow,
+};
 use crate::verify::{self, CheckPlan, CheckState, OtpCode, Status, VerifyError};
 
 /// One check of a code.
@@ -24,6 +30,8 @@ pub(super) struct CheckReq {
     pub id: String,
     pub code: OtpCode,
     pub now: Millis,
+    /// Asked before the code is compared (see [`CheckGate`]).
+    pub gate: Option<Arc<dyn CheckGate>>,
 }
 
 /// A verification as the checks of the batch so far left it.
@@ -87,12 +95,31 @@ pub(super) async fn run(
         );
     }
 
+    let admitted = futures_util::future::join_all(reqs.iter().map(|req| {
+        let asked = req
+            .gate
+            .as_ref()
+            .zip(current.get(&req.id))
+            .map(|(gate, cur)| (gate, &cur.subject.blind_index, &cur.row.service_id));
+        async move {
+            match asked {
+                Some((gate, bi, service_id)) => gate.admit(bi, service_id).await,
+                None => true,
+            }
+        }
+    }))
+    .await;
+
     let mut outs = Vec::with_capacity(reqs.len());
-    for req in &reqs {
+    for (req, admitted) in reqs.iter().zip(admitted) {
         let Some(cur) = current.get_mut(&req.id) else {
             outs.push(Ok(CheckOutcome::NotFound));
             continue;
         };
+        if !admitted {
+            outs.push(Ok(CheckOutcome::Gated));
+            continue;
+        }
         let now = req.now;
         let matches = cur
             .code_hash

@@ -64,9 +64,6 @@ pub struct PgStore {
     pool: PgPool,
     starts: Batcher<StartCmd, StartOutcome>,
     checks: Batcher<CheckReq, CheckOutcome>,
-    /// Every check first looks up its verification's number and service; batched too,
-    /// so that these reads do not take the pool's connections from the batches.
-    owners: Batcher<String, Option<(BlindIndex, String)>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -112,25 +109,6 @@ fn advisory_lock_key(bytes: &[u8]) -> i32 {
     k[..n].copy_from_slice(&bytes[..n]);
     let key = i64::from_be_bytes(k);
     (key ^ (key >> 32)) as i32
-}
-
-/// The number (blind index) and service of each verification, in one read.
-async fn owners_of(
-    pool: &PgPool,
-    ids: Vec<String>,
-) -> StoreResult<Vec<StoreResult<Option<(BlindIndex, String)>>>> {
-    let rows: Vec<(String, Vec<u8>, String)> = sqlx::query_as(
-        "SELECT v.id, s.blind_index, v.service_id FROM verifications v JOIN subjects s ON s.id = v.subject_id
-         WHERE v.id = ANY($1)",
-    )
-    .bind(&ids)
-    .fetch_all(pool)
-    .await?;
-    let found: std::collections::HashMap<String, (BlindIndex, String)> = rows
-        .into_iter()
-        .filter_map(|(id, bi, service)| Some((id, (BlindIndex::from_slice(&bi)?, service))))
-        .collect();
-    Ok(ids.iter().map(|id| Ok(found.get(id).cloned())).collect())
 }
 
 async fn advisory_lock(
@@ -215,18 +193,10 @@ impl PgStore {
                 async move { checks::run(&pool, &codes, reqs).await }
             }
         });
-        let owners = Batcher::spawn(limits, {
-            let pool = pool.clone();
-            move |ids| {
-                let pool = pool.clone();
-                async move { owners_of(&pool, ids).await }
-            }
-        });
         Ok(Self {
             pool,
             starts,
             checks,
-            owners,
         })
     }
 
@@ -558,6 +528,25 @@ impl Store for PgStore {
                 id: id.to_owned(),
                 code,
                 now,
+                gate: None,
+            })
+            .await
+    }
+
+    /// One batch: the gate is asked inside the check's own transaction.
+    async fn check_gated(
+        &self,
+        id: &str,
+        code: OtpCode,
+        now: Millis,
+        gate: Arc<dyn CheckGate>,
+    ) -> StoreResult<CheckOutcome> {
+        self.checks
+            .submit(CheckReq {
+                id: id.to_owned(),
+                code,
+                now,
+                gate: Some(gate),
             })
             .await
     }
@@ -783,7 +772,14 @@ impl Store for PgStore {
     }
 
     async fn verification_owner(&self, id: &str) -> StoreResult<Option<(BlindIndex, String)>> {
-        self.owners.submit(id.to_owned()).await
+        let row: Option<(Vec<u8>, String)> = sqlx::query_as(
+            "SELECT s.blind_index, v.service_id FROM verifications v JOIN subjects s ON s.id = v.subject_id
+             WHERE v.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|(bi, service)| Some((BlindIndex::from_slice(&bi)?, service))))
     }
 
     async fn cancel_verification(&self, id: &str, now: Millis) -> StoreResult<CancelOutcome> {
