@@ -3,9 +3,12 @@
 #
 #   scripts/load/run.sh [DURATION_SECONDS]        (env: MODES="full normal", CONNS=32)
 #   MODES=postgres POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test scripts/load/run.sh
+#   MODES="full postgres+redis" POSTGRES_URL=… REDIS_URL=redis://127.0.0.1:6379/9 scripts/load/run.sh
 #
 # MODES lists what to measure: `full` and `normal` are the SQLite durability modes;
-# `postgres` uses a fresh database created on the server of $POSTGRES_URL.
+# `postgres` uses a fresh database created on the server of $POSTGRES_URL, with the
+# counters in memory; `postgres+redis` the same with the counters in Redis at
+# $REDIS_URL, whose database (default 9) is emptied first: use one nothing else uses.
 #
 # Builds the release binary and, for each durability mode in $MODES, starts
 # `ringfence serve` on a fresh data dir with the file sink and measures with wrk at
@@ -43,11 +46,16 @@ wrk_run() { # label, seconds, wrk args...
 echo "== $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ), wrk -t$THREADS -c$CONNS -d${DURATION}s"
 for MODE in $MODES; do
   WORK="$(mktemp -d)"
-  if [ "$MODE" = postgres ]; then
+  if [ "${MODE%+redis}" = postgres ]; then
     : "${POSTGRES_URL:?set POSTGRES_URL to measure PostgreSQL}"
     DB="rf_load_$$"
     psql "$POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
     STORE=(--database-url "${POSTGRES_URL%/*}/$DB")
+    if [ "$MODE" = postgres+redis ]; then
+      REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/9}"
+      redis-cli -u "$REDIS_URL" FLUSHDB >/dev/null
+      STORE+=(--counters-url "$REDIS_URL")
+    fi
   else
     STORE=(--durability "$MODE")
   fi
@@ -97,6 +105,6 @@ PY
   echo "-- server peak RSS: $(awk '/VmHWM/ {printf "%.1f MiB", $2/1024}' /proc/$PID/status)"
   kill "$PID"; wait "$PID" 2>/dev/null || true; PID=
   rm -rf "$WORK"; WORK=
-  if [ "$MODE" = postgres ]; then psql "$POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)"; fi
+  if [ "${MODE%+redis}" = postgres ]; then psql "$POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)"; fi
   sleep 1
 done

@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use futures_util::future::join_all;
 use ringfence_phone::E164;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -11,7 +12,7 @@ use super::lists::Lists;
 use super::policy::{AbusePolicy, RateSpec};
 use super::pumping::{self, Prefix, PumpingDetector, PumpingPolicy};
 use crate::clock::Millis;
-use crate::counters::{Counters, CountersError};
+use crate::counters::{Counters, CountersError, GcraDecision};
 use crate::crypto::{BlindIndex, BlindIndexer};
 use crate::verify::Channel;
 
@@ -211,8 +212,9 @@ impl Engine {
     }
 
     /// Decides one send. The policy checks come first and cost nothing; then every rate
-    /// limit is spent in turn, most specific first, until one refuses. Errors only when
-    /// the counters cannot be reached: the caller fails closed.
+    /// limit is spent at once, and given back if any of them refuses (the most specific
+    /// refusing one answers). Errors only when the counters cannot be reached: the
+    /// caller fails closed.
     pub async fn decide_send(
         &self,
         policy: &AbusePolicy,
@@ -310,52 +312,75 @@ impl Engine {
                 Some("all".to_owned()),
             ),
         ];
-        let mut tightest: Option<LimitState> = None;
-        for (name, spec, key) in keys {
-            let (Some(spec), Some(key)) = (spec, key) else {
-                continue;
-            };
-            let d = self
-                .counters
-                .gcra(
-                    &format!("rl:{}:{name}:{key}", cx.service_id),
-                    spec.rate(),
-                    now,
-                )
-                .await?;
-            let state = LimitState {
+        let limits: Vec<(&'static str, RateSpec, String)> = keys
+            .into_iter()
+            .filter_map(|(name, spec, key)| {
+                let (spec, key) = (spec?, key?);
+                Some((name, spec, format!("rl:{}:{name}:{key}", cx.service_id)))
+            })
+            .collect();
+        let prefix = self.prefix(cx.number);
+        // Every limit is spent and the prefix assessed at once: on Redis, one round trip
+        // for all of them (the connection pipelines concurrent commands).
+        let (spent, assessment) = tokio::join!(
+            join_all(
+                limits
+                    .iter()
+                    .map(|(_, spec, key)| self.counters.gcra(key, spec.rate(), now)),
+            ),
+            async {
+                match &prefix {
+                    Some(p) => self.pumping.assess(p, now).await.map(Some),
+                    None => Ok(None),
+                }
+            },
+        );
+        let spent: Vec<GcraDecision> = spent.into_iter().collect::<Result<_, _>>()?;
+        let assessment = assessment?;
+        let states = limits
+            .iter()
+            .zip(&spent)
+            .map(|((name, spec, _), d)| LimitState {
                 name,
-                spec,
+                spec: *spec,
                 remaining: d.remaining,
                 reset_after_ms: d.reset_after_ms,
                 retry_after_ms: d.retry_after_ms,
-            };
-            if !d.allowed {
-                return Ok(Decision::block(
-                    Reason::RateLimited,
-                    vec![factor("limit", name)],
-                    Some(state),
-                ));
+            });
+        if let Some(i) = spent.iter().position(|d| !d.allowed) {
+            // Refused: what the other limits admitted is given back, so refused traffic
+            // spends nobody's budget (an attacker stopped by the limit of its IP does
+            // not use up the service's). The most specific refusing limit answers.
+            let admitted = limits.iter().zip(&spent).filter(|(_, d)| d.allowed);
+            let refunds =
+                join_all(admitted.map(|((_, spec, key), _)| {
+                    self.counters.gcra_refund(key, spec.rate(), 1, now)
+                }))
+                .await;
+            if let Some(Err(e)) = refunds.into_iter().find(Result::is_err) {
+                tracing::warn!(error = %e, "rate-limit spend not given back after a refusal");
             }
-            if tightest
-                .as_ref()
-                .is_none_or(|t| state.remaining < t.remaining)
-            {
-                tightest = Some(state);
-            }
+            let state = states.clone().nth(i).expect("a refusing limit");
+            let mut decision = Decision::block(
+                Reason::RateLimited,
+                vec![factor("limit", state.name)],
+                Some(state),
+            );
+            decision.events = assessment.map(|a| a.events).unwrap_or_default();
+            return Ok(decision);
         }
+        let tightest = states.min_by_key(|s| s.remaining);
         let mut decision = Decision {
             action: Action::Allow,
             reasons: Vec::new(),
             factors: Vec::new(),
             limit: tightest,
             events: Vec::new(),
-            prefix: self.prefix(cx.number),
+            prefix,
         };
         // Traffic judged fraudulent is shadow-blocked: the answer looks sent, so a
         // pumper learns nothing from it.
-        if let Some(prefix) = &decision.prefix {
-            let assessment = self.pumping.assess(prefix, now).await?;
+        if let (Some(prefix), Some(assessment)) = (&decision.prefix, assessment) {
             decision.events = assessment.events;
             if let Some(closure) = assessment.verdict.closure() {
                 let reason = match closure.reason {

@@ -24,12 +24,19 @@ fn geo_everywhere() -> Value {
 /// A service with only the given limit switched on (the others off), so each test sees
 /// one rule at a time.
 async fn service_with_limit(app: &TestApp, name: &str, limit: &str, n: u32, secs: u32) {
+    service_with_limits(app, name, &[(limit, n, secs)]).await
+}
+
+/// A service with only the given limits (name, requests, seconds) switched on.
+async fn service_with_limits(app: &TestApp, name: &str, on: &[(&str, u32, u32)]) {
     let mut limits = json!({
         "sends_per_number": null, "sends_per_ip": null, "sends_per_account": null,
         "sends_per_device": null, "sends_per_prefix": null, "sends_per_country": null,
         "sends_per_service": null, "wrong_codes_per_number": null
     });
-    limits[limit] = json!({ "limit": n, "period_seconds": secs });
+    for (limit, n, secs) in on {
+        limits[*limit] = json!({ "limit": n, "period_seconds": secs });
+    }
     app.create_service(json!({
         "name": name,
         "resend_cooldown_seconds": 0,
@@ -171,6 +178,40 @@ async fn sends_per_ip_group_ipv6_by_64_bit_network() {
     // Time refills the budget.
     app.advance(Duration::from_secs(150));
     start(6, "2001:db8:1:2::77").await.assert_status(201);
+}
+
+/// A refused send spends no limit: what the other limits admitted is given back.
+#[tokio::test]
+async fn a_refused_send_spends_no_other_limit() {
+    let app = spawn_app().await;
+    service_with_limits(
+        &app,
+        "both",
+        &[("sends_per_number", 2, 3600), ("sends_per_ip", 1, 3600)],
+    )
+    .await;
+    let start = |ip: &str| app.start_with(json!({ "to": mobile(1), "service": "both", "ip": ip }));
+    start("192.0.2.1").await.assert_status(201);
+    // Refused by the IP's limit, five times: the number's is given back each time.
+    for _ in 0..5 {
+        let r = start("192.0.2.1").await;
+        r.assert_error(429, "rate_limited");
+        assert!(
+            r.str_at("/error/message").contains("sends_per_ip"),
+            "{}",
+            r.text
+        );
+    }
+    // So the number still has its second send …
+    start("192.0.2.2").await.assert_status(201);
+    // … and no third.
+    let r = start("192.0.2.3").await;
+    r.assert_error(429, "rate_limited");
+    assert!(
+        r.str_at("/error/message").contains("sends_per_number"),
+        "{}",
+        r.text
+    );
 }
 
 #[tokio::test]
