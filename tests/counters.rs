@@ -457,6 +457,38 @@ async fn ping_answers(c: Arc<dyn Counters>) {
     c.ping().await.unwrap();
 }
 
+/// In Redis a window's count always carries its expiry: one window past the window's
+/// end (the sliding estimate reads it until then).
+#[tokio::test]
+async fn redis_window_counts_carry_their_expiry() {
+    let Some(c) = redis().await else { return };
+    let url = std::env::var("RINGFENCE_TEST_REDIS_URL").unwrap();
+    let key = format!("{}:ttl", prefix());
+    let window = 60_000;
+    let now = SystemClock.now();
+    c.incr_window(&key, window, 3, now).await.unwrap();
+    let index = now.div_euclid(window);
+    let left = (index + 1) * window - now;
+    let mut conn = ::redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let raw = format!("rf:w:{window}:{index}:{key}");
+    let (count, ttl): (i64, i64) = ::redis::pipe()
+        .get(&raw)
+        .pttl(&raw)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(count, 3);
+    assert!(
+        ttl > window && ttl <= left + window,
+        "PTTL {ttl} ms, expected up to {} ms",
+        left + window
+    );
+}
+
 /// Two instances sharing one Redis still admit exactly the burst.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_two_instances_share_one_limit() {
