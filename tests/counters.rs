@@ -75,6 +75,7 @@ conformance!(
     windows_count_and_expire_with_the_window,
     window_increments_are_atomic_under_concurrency,
     sliding_estimate_weighs_the_previous_window,
+    several_windows_at_once_are_the_windows_one_by_one,
     keys_that_look_like_phone_numbers_are_refused,
     values_are_stored_once_and_expire_in_caller_time,
     put_if_absent_is_atomic_under_concurrency,
@@ -322,6 +323,59 @@ async fn sliding_estimate_weighs_the_previous_window(c: Arc<dyn Counters>) {
     clock.advance(Duration::from_secs(75));
     c.incr_window(&key, 60_000, 10, clock.now()).await.unwrap();
     assert_eq!(c.get_sliding(&key, 60_000, clock.now()).await.unwrap(), 85);
+}
+
+/// The batch forms (one round trip, one MGET or transaction on Redis) count and read
+/// exactly what the single calls do, in the order given; a key repeated in one batch
+/// counts twice.
+async fn several_windows_at_once_are_the_windows_one_by_one(c: Arc<dyn Counters>) {
+    let clock = ManualClock::starting_now();
+    clock.advance(Duration::from_millis(
+        (60_000 - clock.now().rem_euclid(60_000)) as u64,
+    ));
+    let p = prefix();
+    let (a, b) = (format!("{p}:a"), format!("{p}:b"));
+    let counts = c
+        .incr_windows(
+            &[(&a, 60_000, 2), (&b, 3_600_000, 5), (&a, 60_000, 1)],
+            clock.now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(counts, [2, 5, 3]);
+    assert!(c.incr_windows(&[], clock.now()).await.unwrap().is_empty());
+    let now = clock.now();
+    assert_eq!(
+        c.get_windows(&[
+            (&b, 3_600_000, now),
+            (&a, 60_000, now),
+            (&a, 60_000, now - 60_000)
+        ])
+        .await
+        .unwrap(),
+        [5, 3, 0]
+    );
+    // Half into the next minute: half of `a`'s previous minute still counts.
+    clock.advance(Duration::from_secs(90));
+    c.incr_window(&a, 60_000, 4, clock.now()).await.unwrap();
+    let slidings = c
+        .get_slidings(&[(&a, 60_000), (&b, 3_600_000)], clock.now())
+        .await
+        .unwrap();
+    assert_eq!(slidings, [4 + 2, 5]);
+    assert_eq!(
+        slidings[0],
+        c.get_sliding(&a, 60_000, clock.now()).await.unwrap()
+    );
+    // Every key is checked, also in a batch.
+    let err = c
+        .incr_windows(
+            &[(&a, 60_000, 1), ("n:+447700900123", 60_000, 1)],
+            clock.now(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CountersError::InvalidKey(_)), "{err}");
 }
 
 async fn keys_that_look_like_phone_numbers_are_refused(c: Arc<dyn Counters>) {

@@ -497,15 +497,20 @@ impl PumpingDetector {
         let cc = prefix.country_code();
         let k = Keys::of(prefix);
         let price = p.spend.price_micros(cc);
-        let (sent, recent, country, spent_cc, spent_all) = tokio::join!(
-            c.incr_window(&k.sent, p.window_ms, 1, now),
-            c.incr_window(&k.sent_recent, p.approval_lag_ms, 1, now),
-            c.incr_window(&k.country_sent, p.baseline_window_ms, 1, now),
-            c.incr_window(&k.spend_country, DAY_MS, price, now),
-            c.incr_window(&k.spend_all, DAY_MS, price, now),
-        );
-        let (_, _, _) = (sent?, recent?, country?);
-        let (spent_cc, spent_all) = (spent_cc?, spent_all?);
+        // One transaction on Redis.
+        let counts = c
+            .incr_windows(
+                &[
+                    (&k.sent, p.window_ms, 1),
+                    (&k.sent_recent, p.approval_lag_ms, 1),
+                    (&k.country_sent, p.baseline_window_ms, 1),
+                    (&k.spend_country, DAY_MS, price),
+                    (&k.spend_all, DAY_MS, price),
+                ],
+                now,
+            )
+            .await?;
+        let (spent_cc, spent_all) = (counts[3], counts[4]);
         let until = day_end(now);
         let mut events = Vec::new();
         // Counts are atomic, so exactly one send sees the budget crossed.
@@ -547,12 +552,14 @@ impl PumpingDetector {
         let p = &self.policy;
         let c = &*self.counters;
         let k = Keys::of(prefix);
-        let (a, b) = tokio::join!(
-            c.incr_window(&k.approved, p.window_ms, 1, now),
-            c.incr_window(&k.country_approved, p.baseline_window_ms, 1, now),
-        );
-        a?;
-        b?;
+        c.incr_windows(
+            &[
+                (&k.approved, p.window_ms, 1),
+                (&k.country_approved, p.baseline_window_ms, 1),
+            ],
+            now,
+        )
+        .await?;
         Ok(())
     }
 
@@ -568,38 +575,28 @@ impl PumpingDetector {
             Mode::Enforce => &k.closed,
             Mode::Monitor => &k.watched,
         };
-        // Every read at once: one round trip on Redis (commands are pipelined).
-        let (
-            closed,
-            (spent_all, spent_cc),
-            (sent, recent, approved, delivered),
-            (country_sent, country_appr),
-        ) = tokio::join!(
+        // Every read at once: one round trip on Redis (the mark's HMGET and one MGET).
+        let spends = [
+            (k.spend_all.as_str(), DAY_MS, now),
+            (k.spend_country.as_str(), DAY_MS, now),
+        ];
+        let slidings = [
+            (k.sent.as_str(), p.window_ms),
+            (k.sent_recent.as_str(), p.approval_lag_ms),
+            (k.approved.as_str(), p.window_ms),
+            (k.delivered.as_str(), p.window_ms),
+            (k.country_sent.as_str(), p.baseline_window_ms),
+            (k.country_approved.as_str(), p.baseline_window_ms),
+        ];
+        let (closed, spent, counts) = tokio::join!(
             c.get_value(mark, now),
-            async {
-                tokio::join!(
-                    c.get_window(&k.spend_all, DAY_MS, now),
-                    c.get_window(&k.spend_country, DAY_MS, now),
-                )
-            },
-            async {
-                tokio::join!(
-                    c.get_sliding(&k.sent, p.window_ms, now),
-                    c.get_sliding(&k.sent_recent, p.approval_lag_ms, now),
-                    c.get_sliding(&k.approved, p.window_ms, now),
-                    c.get_sliding(&k.delivered, p.window_ms, now),
-                )
-            },
-            async {
-                tokio::join!(
-                    c.get_sliding(&k.country_sent, p.baseline_window_ms, now),
-                    c.get_sliding(&k.country_approved, p.baseline_window_ms, now),
-                )
-            },
+            c.get_windows(&spends),
+            c.get_slidings(&slidings, now),
         );
         if let Some(stored) = closed? {
             return Ok(self.assessment(decode(&stored)?, Vec::new()));
         }
+        let (spent, counts) = (spent?, counts?);
 
         let spend = |reason, spent_micros, budget_micros| Closure {
             reason,
@@ -609,14 +606,13 @@ impl PumpingDetector {
                 budget_micros,
             },
         };
-        let spent_all = spent_all?;
+        let (spent_all, spent_cc) = (spent[0], spent[1]);
         if let Some(budget) = p.spend.global_budget_micros {
             if spent_all >= budget {
                 let closure = spend(Reason::GlobalBudgetExceeded, spent_all, budget);
                 return Ok(self.assessment(closure, Vec::new()));
             }
         }
-        let spent_cc = spent_cc?;
         if let Some(budget) = p.spend.country_budget_micros(cc) {
             if spent_cc >= budget {
                 let closure = spend(Reason::CountryBudgetExceeded, spent_cc, budget);
@@ -624,12 +620,12 @@ impl PumpingDetector {
             }
         }
 
-        let baseline = baseline(p, cc, country_sent?, country_appr?);
+        let baseline = baseline(p, cc, counts[4], counts[5]);
         let counts = PrefixCounts {
-            sent: sent?,
-            recent: recent?,
-            approved: approved?,
-            delivered: delivered?,
+            sent: counts[0],
+            recent: counts[1],
+            approved: counts[2],
+            delivered: counts[3],
         };
         let Some(figures) = judge(p, counts, baseline) else {
             return Ok(Assessment {

@@ -71,6 +71,7 @@ pub mod redis;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures_util::future::join_all;
 
 use crate::clock::Millis;
 
@@ -237,6 +238,15 @@ pub fn window_of(window_ms: i64, now: Millis) -> (i64, i64) {
     (index, left)
 }
 
+/// The sliding window's estimate: the current fixed window's count plus the previous
+/// one's, weighed by how much of it the sliding window still overlaps.
+fn sliding_estimate(current: u64, previous: u64, window_ms: i64, now: Millis) -> u64 {
+    let (_, left) = window_of(window_ms, now);
+    // The previous window overlaps the sliding one by `left` ms out of `window_ms`.
+    let weighted = (u128::from(previous) * left as u128).div_ceil(window_ms as u128);
+    current.saturating_add(u64::try_from(weighted).unwrap_or(u64::MAX))
+}
+
 /// Checks a key against the rules in the module docs.
 pub fn check_key(key: &str) -> CountersResult<()> {
     if key.is_empty() {
@@ -352,17 +362,55 @@ pub trait Counters: Send + Sync + 'static {
     /// the sliding window. Rounded up, so a limit checked against it errs on the side
     /// of refusing.
     async fn get_sliding(&self, key: &str, window_ms: i64, now: Millis) -> CountersResult<u64> {
-        let window_ms = check_window(window_ms)?;
-        // Both reads at once: one round trip on a networked backend.
-        let (current, previous) = tokio::join!(
-            self.get_window(key, window_ms, now),
-            self.get_window(key, window_ms, now - window_ms),
-        );
-        let (current, previous) = (current?, previous?);
-        let (_, left) = window_of(window_ms, now);
-        // The previous window overlaps the sliding one by `left` ms out of `window_ms`.
-        let weighted = (u128::from(previous) * left as u128).div_ceil(window_ms as u128);
-        Ok(current.saturating_add(u64::try_from(weighted).unwrap_or(u64::MAX)))
+        Ok(self.get_slidings(&[(key, window_ms)], now).await?[0])
+    }
+
+    /// The counts of several windows, each `(key, window_ms, at)`: the fixed window of
+    /// `window_ms` that contains `at`. All at once: one round trip on a networked
+    /// backend (one `MGET` on Redis).
+    async fn get_windows(&self, reads: &[(&str, i64, Millis)]) -> CountersResult<Vec<u64>> {
+        join_all(
+            reads
+                .iter()
+                .map(|(key, w, at)| self.get_window(key, *w, *at)),
+        )
+        .await
+        .into_iter()
+        .collect()
+    }
+
+    /// [`Counters::get_sliding`] of several `(key, window_ms)` at once, in one
+    /// [`Counters::get_windows`].
+    async fn get_slidings(&self, reads: &[(&str, i64)], now: Millis) -> CountersResult<Vec<u64>> {
+        let mut windows = Vec::with_capacity(reads.len() * 2);
+        for (key, window_ms) in reads {
+            let w = check_window(*window_ms)?;
+            windows.push((*key, w, now));
+            windows.push((*key, w, now - w));
+        }
+        let counts = self.get_windows(&windows).await?;
+        Ok(windows
+            .chunks(2)
+            .zip(counts.chunks(2))
+            .map(|(w, c)| sliding_estimate(c[0], c[1], w[0].1, now))
+            .collect())
+    }
+
+    /// [`Counters::incr_window`] of several `(key, window_ms, by)` at once (one
+    /// transaction on Redis); the new counts, in order.
+    async fn incr_windows(
+        &self,
+        incrs: &[(&str, i64, u64)],
+        now: Millis,
+    ) -> CountersResult<Vec<u64>> {
+        join_all(
+            incrs
+                .iter()
+                .map(|(key, w, by)| self.incr_window(key, *w, *by, now)),
+        )
+        .await
+        .into_iter()
+        .collect()
     }
 
     /// Stores `value` under `key` until `now + ttl_ms` unless the key already holds a

@@ -236,31 +236,65 @@ impl Counters for RedisCounters {
         by: u64,
         now: Millis,
     ) -> CountersResult<u64> {
-        check_key(key)?;
-        let window_ms = check_window(window_ms)?;
-        let (index, left) = window_of(window_ms, now);
-        let by = i64::try_from(by).unwrap_or(i64::MAX);
-        let mut conn = self.conn.clone();
-        let key = format!("rf:w:{window_ms}:{index}:{key}");
-        // INCRBY and PEXPIRE in one transaction, so a count is never left without expiry.
-        let mut tx = redis::pipe();
-        tx.atomic()
-            .incr(&key, by)
-            .pexpire(&key, left.saturating_add(window_ms))
-            .ignore();
-        let (n,): (i64,) = self.run("incr_window", tx.query_async(&mut conn)).await?;
-        Ok(n.max(0) as u64)
+        Ok(self.incr_windows(&[(key, window_ms, by)], now).await?[0])
     }
 
     async fn get_window(&self, key: &str, window_ms: i64, now: Millis) -> CountersResult<u64> {
-        check_key(key)?;
-        let window_ms = check_window(window_ms)?;
-        let (index, _) = window_of(window_ms, now);
+        Ok(self.get_windows(&[(key, window_ms, now)]).await?[0])
+    }
+
+    async fn get_windows(&self, reads: &[(&str, i64, Millis)]) -> CountersResult<Vec<u64>> {
+        if reads.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
+        for (key, window_ms, at) in reads {
+            check_key(key)?;
+            let window_ms = check_window(*window_ms)?;
+            let (index, _) = window_of(window_ms, *at);
+            cmd.arg(format!("rf:w:{window_ms}:{index}:{key}"));
+        }
         let mut conn = self.conn.clone();
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(format!("rf:w:{window_ms}:{index}:{key}"));
-        let n: Option<i64> = self.run("get_window", cmd.query_async(&mut conn)).await?;
-        Ok(n.unwrap_or(0).max(0) as u64)
+        let counts: Vec<Option<i64>> = self.run("get_windows", cmd.query_async(&mut conn)).await?;
+        if counts.len() != reads.len() {
+            return Err(CountersError::Backend(
+                "redis get_windows: MGET answered the wrong number of keys".into(),
+            ));
+        }
+        Ok(counts
+            .into_iter()
+            .map(|n| n.unwrap_or(0).max(0) as u64)
+            .collect())
+    }
+
+    async fn incr_windows(
+        &self,
+        incrs: &[(&str, i64, u64)],
+        now: Millis,
+    ) -> CountersResult<Vec<u64>> {
+        if incrs.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Every INCRBY with its PEXPIRE, in one transaction.
+        let mut tx = redis::pipe();
+        tx.atomic();
+        for (key, window_ms, by) in incrs {
+            check_key(key)?;
+            let window_ms = check_window(*window_ms)?;
+            let (index, left) = window_of(window_ms, now);
+            let key = format!("rf:w:{window_ms}:{index}:{key}");
+            tx.incr(&key, i64::try_from(*by).unwrap_or(i64::MAX))
+                .pexpire(&key, left.saturating_add(window_ms))
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        let counts: Vec<i64> = self.run("incr_windows", tx.query_async(&mut conn)).await?;
+        if counts.len() != incrs.len() {
+            return Err(CountersError::Backend(
+                "redis incr_windows: the transaction answered the wrong number of counts".into(),
+            ));
+        }
+        Ok(counts.into_iter().map(|n| n.max(0) as u64).collect())
     }
 
     async fn put_if_absent(
