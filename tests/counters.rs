@@ -72,6 +72,8 @@ conformance!(
     gcra_cost_spends_several_or_nothing,
     gcra_refund_gives_back_but_never_builds_credit,
     gcra_is_atomic_under_concurrency,
+    gcra_all_spends_every_key_or_none,
+    gcra_all_is_exact_under_concurrency,
     windows_count_and_expire_with_the_window,
     window_increments_are_atomic_under_concurrency,
     sliding_estimate_weighs_the_previous_window,
@@ -139,6 +141,77 @@ async fn gcra_refusal_does_not_consume(c: Arc<dyn Counters>) {
     // The hammering did not move the reopening.
     clock.advance(Duration::from_secs(29));
     assert!(c.gcra(&key, rate, clock.now()).await.unwrap().allowed);
+}
+
+/// Several limits at once: one request spent on each key when all admit it, nothing
+/// on any when one refuses; each decision as `gcra` would give it.
+async fn gcra_all_spends_every_key_or_none(c: Arc<dyn Counters>) {
+    let clock = ManualClock::starting_now();
+    let p = prefix();
+    let (number, ip, service) = (format!("{p}:number"), format!("{p}:ip"), format!("{p}:all"));
+    let (per_number, per_ip, per_service) =
+        (Rate::per_hour(3), Rate::per_minute(1), Rate::per_hour(100));
+    let now = clock.now();
+    let limits = [
+        (number.as_str(), per_number),
+        (ip.as_str(), per_ip),
+        (service.as_str(), per_service),
+    ];
+    let all = || c.gcra_all(&limits, now);
+    let first = all().await.unwrap();
+    assert!(first.iter().all(|d| d.allowed));
+    assert_eq!(
+        first.iter().map(|d| d.remaining).collect::<Vec<_>>(),
+        [2, 0, 99]
+    );
+    // The IP's one request is spent: refused, and neither the number nor the
+    // service pays for it, however often it is tried.
+    for _ in 0..5 {
+        let refused = all().await.unwrap();
+        assert!(refused[0].allowed && !refused[1].allowed && refused[2].allowed);
+        assert_eq!(refused[1].retry_after_ms, Some(60_000));
+    }
+    let d = c.gcra(&number, per_number, now).await.unwrap();
+    assert_eq!(d.remaining, 1, "the number paid only for the first request");
+    let d = c.gcra(&service, per_service, now).await.unwrap();
+    assert_eq!(d.remaining, 98);
+    assert!(c.gcra_all(&[], now).await.unwrap().is_empty());
+    let err = c
+        .gcra_all(&[("n:+447700900123", per_ip)], now)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CountersError::InvalidKey(_)), "{err}");
+}
+
+/// 50 racing requests over two limits of 10 and 1,000: exactly 10 admitted, and the
+/// larger limit pays for those 10 only.
+async fn gcra_all_is_exact_under_concurrency(c: Arc<dyn Counters>) {
+    let now = ManualClock::starting_now().now();
+    let p = prefix();
+    let (small, large) = (format!("{p}:small"), format!("{p}:large"));
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (c, small, large) = (c.clone(), small.clone(), large.clone());
+            tokio::spawn(async move {
+                let d = c
+                    .gcra_all(
+                        &[(&large, Rate::per_hour(1000)), (&small, Rate::per_hour(10))],
+                        now,
+                    )
+                    .await
+                    .unwrap();
+                d.iter().all(|d| d.allowed)
+            })
+        })
+        .collect();
+    let admitted = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count();
+    assert_eq!(admitted, 10);
+    let d = c.gcra(&large, Rate::per_hour(1000), now).await.unwrap();
+    assert_eq!(d.remaining, 1000 - 10 - 1);
 }
 
 async fn gcra_keys_and_rates_are_independent(c: Arc<dyn Counters>) {

@@ -3,7 +3,6 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use futures_util::future::join_all;
 use ringfence_phone::E164;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -12,7 +11,7 @@ use super::lists::Lists;
 use super::policy::{AbusePolicy, RateSpec};
 use super::pumping::{self, Prefix, PumpingDetector, PumpingPolicy};
 use crate::clock::Millis;
-use crate::counters::{Counters, CountersError, GcraDecision};
+use crate::counters::{Counters, CountersError, Rate};
 use crate::crypto::{BlindIndex, BlindIndexer};
 use crate::verify::Channel;
 
@@ -212,8 +211,7 @@ impl Engine {
     }
 
     /// Decides one send. The policy checks come first and cost nothing; then every rate
-    /// limit is spent at once, and given back if any of them refuses (the most specific
-    /// refusing one answers). Errors only when the counters cannot be reached: the
+    /// limit is spent at once, all or nothing (the most specific refusing one answers). Errors only when the counters cannot be reached: the
     /// caller fails closed.
     pub async fn decide_send(
         &self,
@@ -320,23 +318,19 @@ impl Engine {
             })
             .collect();
         let prefix = self.prefix(cx.number);
-        // Every limit is spent and the prefix assessed at once: on Redis, one round trip
-        // for all of them (the connection pipelines concurrent commands).
-        let (spent, assessment) = tokio::join!(
-            join_all(
-                limits
-                    .iter()
-                    .map(|(_, spec, key)| self.counters.gcra(key, spec.rate(), now)),
-            ),
-            async {
-                match &prefix {
-                    Some(p) => self.pumping.assess(p, now).await.map(Some),
-                    None => Ok(None),
-                }
-            },
-        );
-        let spent: Vec<GcraDecision> = spent.into_iter().collect::<Result<_, _>>()?;
-        let assessment = assessment?;
+        // Every limit is spent (all or nothing) and the prefix assessed at once: on
+        // Redis one round trip for both, the limits in one script.
+        let rates: Vec<(&str, Rate)> = limits
+            .iter()
+            .map(|(_, spec, key)| (key.as_str(), spec.rate()))
+            .collect();
+        let (spent, assessment) = tokio::join!(self.counters.gcra_all(&rates, now), async {
+            match &prefix {
+                Some(p) => self.pumping.assess(p, now).await.map(Some),
+                None => Ok(None),
+            }
+        });
+        let (spent, assessment) = (spent?, assessment?);
         let states = limits
             .iter()
             .zip(&spent)
@@ -347,19 +341,10 @@ impl Engine {
                 reset_after_ms: d.reset_after_ms,
                 retry_after_ms: d.retry_after_ms,
             });
+        // Refused, nothing spent: refused traffic spends nobody's budget (an attacker
+        // stopped by the limit of its IP does not use up the service's). The most
+        // specific refusing limit answers.
         if let Some(i) = spent.iter().position(|d| !d.allowed) {
-            // Refused: what the other limits admitted is given back, so refused traffic
-            // spends nobody's budget (an attacker stopped by the limit of its IP does
-            // not use up the service's). The most specific refusing limit answers.
-            let admitted = limits.iter().zip(&spent).filter(|(_, d)| d.allowed);
-            let refunds =
-                join_all(admitted.map(|((_, spec, key), _)| {
-                    self.counters.gcra_refund(key, spec.rate(), 1, now)
-                }))
-                .await;
-            if let Some(Err(e)) = refunds.into_iter().find(Result::is_err) {
-                tracing::warn!(error = %e, "rate-limit spend not given back after a refusal");
-            }
             let state = states.clone().nth(i).expect("a refusing limit");
             let mut decision = Decision::block(
                 Reason::RateLimited,

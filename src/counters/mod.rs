@@ -333,6 +333,31 @@ pub trait Counters: Send + Sync + 'static {
         now: Millis,
     ) -> CountersResult<()>;
 
+    /// Spends one request on every `(key, rate)` if each of them admits it; otherwise
+    /// spends nothing. The decisions come in order; when one refuses, the others say
+    /// whether they would have admitted. Keys must be distinct. On Redis this is one
+    /// script and atomic; here the default spends each key, then gives back what was
+    /// spent if any refused (a concurrent caller may see a key one lower meanwhile).
+    async fn gcra_all(
+        &self,
+        limits: &[(&str, Rate)],
+        now: Millis,
+    ) -> CountersResult<Vec<GcraDecision>> {
+        let spent: Vec<GcraDecision> =
+            join_all(limits.iter().map(|(key, rate)| self.gcra(key, *rate, now)))
+                .await
+                .into_iter()
+                .collect::<Result<_, _>>()?;
+        if spent.iter().all(|d| d.allowed) {
+            return Ok(spent);
+        }
+        let admitted = limits.iter().zip(&spent).filter(|(_, d)| d.allowed);
+        let refunds =
+            join_all(admitted.map(|((key, rate), _)| self.gcra_refund(key, *rate, 1, now)));
+        refunds.await.into_iter().collect::<Result<Vec<()>, _>>()?;
+        Ok(spent)
+    }
+
     /// Spends `cost` requests at once (e.g. the parts of a long SMS) if the rate admits
     /// them all; otherwise spends nothing. A cost above `rate.limit` is never admitted.
     async fn gcra_cost(

@@ -1,10 +1,14 @@
 //! Counters in Redis: one state for many instances.
 //!
 //! * **Atomicity** comes from Redis running each Lua script, and each MULTI … EXEC, as
-//!   one step: the GCRA read-decide-write is a script, the window's INCRBY + PEXPIRE a
-//!   transaction (a script costs Redis ~10 µs a call, a transaction of two commands
-//!   ~2 µs), each on one key (so they also work on Redis Cluster). Scripts are sent with EVALSHA, and the
-//!   crate falls back to EVAL (loading the script) when the server does not know it.
+//!   one step: the GCRA read-decide-write is a script (the several limits of one
+//!   request one script over their keys, all or nothing), window counts a transaction
+//!   of INCRBY + PEXPIRE per key (a script costs Redis ~10 µs a call, such a
+//!   transaction ~2 µs). Scripts are sent with EVALSHA, and the crate falls back to
+//!   EVAL (loading the script) when the server does not know it.
+//! * **One node.** Batches span keys of different hash slots (`gcra_all`, `MGET`,
+//!   multi-key transactions), and the connection is to one endpoint: Redis Cluster is
+//!   not supported (see docs/deployment.md).
 //! * **Time** is the caller's `now`, passed as an argument; the scripts never call
 //!   `TIME`. Instances sharing a Redis must keep their clocks synchronised (NTP).
 //!   TTLs are set relative to that `now` (how long until the state means nothing), so
@@ -39,32 +43,39 @@ use crate::clock::Millis;
 /// The bound on one command, connecting included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// The GCRA rule of [`gcra_step`], applied atomically. Rust computes the interval and
-/// burst; the script only adds and compares integers (exact in Lua's doubles below
-/// 2^53, i.e. TATs in µs until the year 2255). It returns whether it admitted and the
-/// TAT it found ('' if none), from which Rust builds the full decision.
+/// The GCRA rule of [`gcra_step`], applied atomically to one or several keys, all or
+/// nothing: every key's TAT is read and decided; only if every one admits are they all
+/// written. Rust computes the intervals (times the cost) and bursts; the script only
+/// adds and compares integers (exact in Lua's doubles below 2^53, i.e. TATs in µs until
+/// the year 2255). A key's state means nothing once its TAT has passed: Redis forgets
+/// it then. Returns `{admitted (1 or 0), {the TAT found per key, '' if none}}`.
 const GCRA_LUA: &str = r#"
--- KEYS[1]: the key's TAT, µs since the epoch, as a decimal string
--- ARGV[1]: now (µs)  ARGV[2]: interval * cost (µs)  ARGV[3]: burst (µs)
+-- KEYS: the keys' TATs (µs)  ARGV[1]: now (µs)
+-- ARGV[2i], ARGV[2i+1]: key i's interval * cost (µs) and burst (µs)
 local now = tonumber(ARGV[1])
-local increment = tonumber(ARGV[2])
-local burst = tonumber(ARGV[3])
-local stored = redis.call('GET', KEYS[1])
-local tat = now
-if stored then
-  local seen = tonumber(stored)
-  if seen > tat then tat = seen end
-else
-  stored = ''
+local found = {}
+local new_tats = {}
+local admitted = 1
+for i = 1, #KEYS do
+  local stored = redis.call('GET', KEYS[i])
+  local tat = now
+  if stored then
+    local seen = tonumber(stored)
+    if seen > tat then tat = seen end
+  else
+    stored = ''
+  end
+  found[i] = stored
+  new_tats[i] = tat + tonumber(ARGV[2 * i])
+  if new_tats[i] - tonumber(ARGV[2 * i + 1]) > now then admitted = 0 end
 end
-local new_tat = tat + increment
-if new_tat - burst <= now then
-  -- The state means nothing once its TAT has passed: let Redis forget it then.
-  local ttl_ms = math.floor((new_tat - now) / 1000) + 1
-  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', string.format('%.0f', ttl_ms))
-  return {1, stored}
+if admitted == 1 then
+  for i = 1, #KEYS do
+    local ttl_ms = math.floor((new_tats[i] - now) / 1000) + 1
+    redis.call('SET', KEYS[i], string.format('%.0f', new_tats[i]), 'PX', string.format('%.0f', ttl_ms))
+  end
 end
-return {0, stored}
+return {admitted, found}
 "#;
 
 const GCRA_REFUND_LUA: &str = r#"
@@ -99,6 +110,17 @@ redis.call('HSET', KEYS[1], 'v', ARGV[1], 'exp', exp)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {1, ARGV[1], exp}
 "#;
+
+/// A TAT as a GCRA script found it: '' when the key held none.
+fn stored_tat(stored: &str) -> CountersResult<Option<i64>> {
+    match stored {
+        "" => Ok(None),
+        s => s
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| CountersError::Backend("redis gcra: stored TAT is not an integer".into())),
+    }
+}
 
 pub struct RedisCounters {
     conn: ConnectionManager,
@@ -150,6 +172,42 @@ impl RedisCounters {
         })
     }
 
+    /// [`GCRA_LUA`] on `limits`, spending `cost` on each, all or nothing.
+    async fn gcra_script(
+        &self,
+        limits: &[(&str, Rate)],
+        cost: u32,
+        now: Millis,
+    ) -> CountersResult<Vec<GcraDecision>> {
+        let mut call = self.gcra.prepare_invoke();
+        call.arg(now.saturating_mul(1000));
+        for (key, rate) in limits {
+            check_key(key)?;
+            call.key(format!("rf:g:{key}"));
+            call.arg(rate.interval_us().saturating_mul(i64::from(cost)))
+                .arg(rate.burst_us());
+        }
+        let mut conn = self.conn.clone();
+        let (admitted, found): (i64, Vec<String>) =
+            self.run("gcra", call.invoke_async(&mut conn)).await?;
+        if found.len() != limits.len() {
+            return Err(CountersError::Backend(
+                "redis gcra: the script answered the wrong number of keys".into(),
+            ));
+        }
+        let decisions = limits
+            .iter()
+            .zip(&found)
+            .map(|((_, rate), stored)| Ok(gcra_step(stored_tat(stored)?, *rate, now, cost).0))
+            .collect::<CountersResult<Vec<GcraDecision>>>()?;
+        if decisions.iter().all(|d| d.allowed) != (admitted == 1) {
+            return Err(CountersError::Backend(
+                "redis gcra: script and gcra_step disagree".into(),
+            ));
+        }
+        Ok(decisions)
+    }
+
     /// Runs one command under the timeout, mapping failures to typed errors. Messages
     /// name the operation and the server, never the key.
     async fn run<T>(
@@ -187,28 +245,18 @@ impl Counters for RedisCounters {
         cost: u32,
         now: Millis,
     ) -> CountersResult<GcraDecision> {
-        check_key(key)?;
-        let now_us = now.saturating_mul(1000);
-        let mut conn = self.conn.clone();
-        let mut call = self.gcra.key(format!("rf:g:{key}"));
-        call.arg(now_us)
-            .arg(rate.interval_us().saturating_mul(i64::from(cost)))
-            .arg(rate.burst_us());
-        let (admitted, stored): (i64, String) =
-            self.run("gcra", call.invoke_async(&mut conn)).await?;
-        let seen = match stored.as_str() {
-            "" => None,
-            s => Some(s.parse::<i64>().map_err(|_| {
-                CountersError::Backend("redis gcra: stored TAT is not an integer".into())
-            })?),
-        };
-        let (decision, _) = gcra_step(seen, rate, now, cost);
-        if decision.allowed != (admitted == 1) {
-            return Err(CountersError::Backend(
-                "redis gcra: script and gcra_step disagree".into(),
-            ));
+        Ok(self.gcra_script(&[(key, rate)], cost, now).await?.remove(0))
+    }
+
+    async fn gcra_all(
+        &self,
+        limits: &[(&str, Rate)],
+        now: Millis,
+    ) -> CountersResult<Vec<GcraDecision>> {
+        if limits.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(decision)
+        self.gcra_script(limits, 1, now).await
     }
 
     async fn gcra_refund(
