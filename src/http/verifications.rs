@@ -271,20 +271,6 @@ fn refusal(d: &Decision, number: &E164) -> ApiError {
     }
 }
 
-/// Counts a send before it is queued, per country over an hour (for the spend budget
-/// and the pumping detector; per-number limits come with the anti-abuse engine). If the
-/// counters cannot be reached, nothing is sent: 503 `unavailable`. A start that is then
-/// refused (cooldown, limits) has still been counted: counting first is what guarantees
-/// that no message leaves uncounted.
-async fn meter_send(st: &AppState, country_code: u16, now: Millis) -> Result<(), ApiError> {
-    const HOUR_MS: i64 = 3600 * 1000;
-    st.counters
-        .incr_window(&format!("send:cc:{country_code}"), HOUR_MS, 1, now)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("counters: {e}")))?;
-    Ok(())
-}
-
 #[utoipa::path(
     post, path = "/v1/verifications", tag = "verifications",
     request_body = StartVerification,
@@ -417,7 +403,6 @@ pub async fn start(
         match decision.action {
             Action::Allow => {
                 limit = decision.limit.clone();
-                meter_send(&st, number.country_code(), now).await?;
                 // An allow with something to say (the safe list, or what monitor mode
                 // would have done) is kept like a refusal.
                 if !decision.factors.is_empty() {

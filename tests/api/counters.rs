@@ -1,5 +1,5 @@
-//! Sends are metered in the counters before they are queued. When the counters cannot
-//! be reached, sending fails closed — 503 `unavailable`, nothing queued — `/readyz`
+//! Sends are decided in the counters before they are queued, and counted there once
+//! queued. When the counters cannot be reached, sending fails closed — 503 `unavailable`, nothing queued — `/readyz`
 //! says why, and checks keep working from the database.
 
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::helpers::*;
 
+/// Each queued send is counted per country (the pumping detector's baseline).
 #[tokio::test]
 async fn a_send_is_counted_per_country() {
     let counters = Arc::new(ringfence::counters::MemoryCounters::default());
@@ -17,7 +18,7 @@ async fn a_send_is_counted_per_country() {
     app.started(UK_MOBILE_2).await;
     let now = ringfence::clock::Clock::now(&app.clock);
     let per_country = counters
-        .get_window("send:cc:44", 3600 * 1000, now)
+        .get_window("pc:44:sent", 24 * 3600 * 1000, now)
         .await
         .unwrap();
     assert_eq!(per_country, 2);
