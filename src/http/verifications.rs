@@ -655,20 +655,40 @@ async fn finish_check(
                 ..
             })
     );
-    let refused = match gate.take() {
+    let (refund, refused) = match gate.take() {
         Gated::Reserved {
             bi,
             service_id,
             limit,
-        } if !wrong => {
-            if let Err(e) = st.abuse.refund_guess(&limit, &service_id, &bi, now).await {
-                tracing::warn!(error = %e, "could not give back a guess reservation");
-            }
-            None
+        } if !wrong => (Some((bi, service_id, limit)), None),
+        Gated::Refused(limit) => (None, Some(limit)),
+        _ => (None, None),
+    };
+    // The number of an approved verification: its approval counts for its prefix.
+    let approved = match &outcome {
+        Ok(CheckOutcome::Approved(v)) => {
+            super::open_number(st, &v.subject).map(|n| (n, v.row.test_number))
         }
-        Gated::Refused(limit) => Some(limit),
         _ => None,
     };
+    // Giving back the reservation and counting the approval: one round trip on Redis.
+    tokio::join!(
+        async {
+            if let Some((bi, service_id, limit)) = &refund {
+                if let Err(e) = st.abuse.refund_guess(limit, service_id, bi, now).await {
+                    tracing::warn!(error = %e, "could not give back a guess reservation");
+                }
+            }
+        },
+        async {
+            if let Some((n, false)) = &approved {
+                // Conversion per prefix, for the pumping detector.
+                if let Err(e) = st.abuse.record_approval(n, now).await {
+                    tracing::warn!(error = %e, "approval not recorded for the pumping detector");
+                }
+            }
+        },
+    );
     st.metrics.check(match &outcome {
         Ok(CheckOutcome::Approved(_)) => "approved",
         Ok(CheckOutcome::Wrong { .. }) => "wrong",
@@ -685,14 +705,7 @@ async fn finish_check(
         }),
         CheckOutcome::Approved(v) => {
             tracing::debug!(verification_id = %v.row.id, "verification approved");
-            let number = super::open_number(st, &v.subject);
-            if let (Some(n), false) = (&number, v.row.test_number) {
-                // Conversion per prefix, for the pumping detector.
-                if let Err(e) = st.abuse.record_approval(n, now).await {
-                    tracing::warn!(error = %e, "approval not recorded for the pumping detector");
-                }
-            }
-            let to = number.map(|n| n.masked());
+            let to = approved.map(|(n, _)| n.masked());
             Ok(Json(VerificationView::new(&v.row, to, now)).into_response())
         }
         CheckOutcome::Wrong { v, .. } => {
