@@ -51,7 +51,9 @@ for MODE in $MODES; do
     : "${POSTGRES_URL:?set POSTGRES_URL to measure PostgreSQL}"
     DB="rf_load_$$"
     psql "$POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
-    STORE=(--database-url "${POSTGRES_URL%/*}/$DB")
+    # PostgreSQL is on this machine: no TLS on the loopback (sqlx's default, `prefer`,
+    # negotiates it when the server offers it). PG_SSLMODE=prefer measures with it.
+    STORE=(--database-url "${POSTGRES_URL%/*}/$DB?sslmode=${PG_SSLMODE:-disable}")
     if [ "$MODE" = postgres+redis ]; then
       REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/9}"
       redis-cli -u "$REDIS_URL" FLUSHDB >/dev/null
