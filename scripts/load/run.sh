@@ -87,10 +87,13 @@ for MODE in $MODES; do
 
   # Let the outbox drain (the sink file stops growing), then pair each verification id
   # with its code.
-  last=-1
-  for _ in $(seq 300); do
+  # Drained = no new message for 2 s (a worker between rounds can pause for more than
+  # half a second).
+  last=-1; still=0
+  for _ in $(seq 600); do
     now=$(wc -l <"$WORK/sms.jsonl")
-    [ "$now" = "$last" ] && break
+    if [ "$now" = "$last" ]; then still=$((still + 1)); else still=0; fi
+    [ "$still" -ge 4 ] && break
     last=$now
     sleep 0.5
   done
