@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 mod common;
 
-use common::{free_port, postgres_url, ringfence, TestDb};
+use common::{create_key, free_port, postgres_url, ringfence, TestDb};
 
 struct Instance {
     child: Child,
@@ -78,34 +78,6 @@ async fn start_instance_with(dir: &Path, db_url: &str, name: &str, extra: &[&str
     );
 }
 
-fn create_key(dir: &Path, db_url: &str) -> String {
-    let out = ringfence()
-        .current_dir(dir)
-        .args([
-            "keys",
-            "create",
-            "--name",
-            "multi",
-            "--database-url",
-            db_url,
-        ])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned()
-}
-
 async fn code_from_sinks(dir: &Path, to: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -132,7 +104,7 @@ async fn setup() -> Option<(tempfile::TempDir, TestDb, String, Instance, Instanc
     let admin = postgres_url()?;
     let db = TestDb::create(&admin, "rf_multi").await;
     let dir = tempfile::tempdir().unwrap();
-    let key = create_key(dir.path(), &db.url);
+    let key = create_key(dir.path(), &db.url, "multi", &[]);
     let a = start_instance(dir.path(), &db.url, "a").await;
     let b = start_instance(dir.path(), &db.url, "b").await;
     Some((dir, db, key, a, b))
@@ -276,7 +248,7 @@ async fn killing_an_instance_loses_no_acknowledged_start_and_its_messages_go_out
     let Some(admin) = postgres_url() else { return };
     let db = TestDb::create(&admin, "rf_multi").await;
     let dir = tempfile::tempdir().unwrap();
-    let key = create_key(dir.path(), &db.url);
+    let key = create_key(dir.path(), &db.url, "multi", &[]);
     let lease = ["--outbox-lease-seconds", "2"];
     let mut a = start_instance_with(dir.path(), &db.url, "a", &lease).await;
     let b = start_instance_with(dir.path(), &db.url, "b", &lease).await;
@@ -389,27 +361,7 @@ async fn anti_abuse_limits_hold_across_instances_sharing_redis() {
     };
     let db = TestDb::create(&admin, "rf_multi").await;
     let dir = tempfile::tempdir().unwrap();
-    let out = ringfence()
-        .current_dir(dir.path())
-        .args([
-            "keys", "create", "--name", "ops", "--scope", "verify", "--scope", "admin",
-        ])
-        .args(["--database-url", &db.url])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let key = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
+    let key = create_key(dir.path(), &db.url, "ops", &["verify", "admin"]);
     let shared = ["--counters-url", redis.as_str()];
     let a = start_instance_with(dir.path(), &db.url, "a", &shared).await;
     let b = start_instance_with(dir.path(), &db.url, "b", &shared).await;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 mod common;
 
-use common::{free_port, ringfence, TestDb};
+use common::{create_key, free_port, ringfence, TestDb};
 
 struct Serve(Child);
 
@@ -37,34 +37,7 @@ async fn a_postgres_restart_gives_503s_then_recovers_without_losing_anything() {
     let db_url = db.url.clone();
 
     let dir = tempfile::tempdir().unwrap();
-    let out = ringfence()
-        .args([
-            "keys",
-            "create",
-            "--name",
-            "outage",
-            "--scope",
-            "verify",
-            "--scope",
-            "admin",
-            "--database-url",
-            &db_url,
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let key = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
+    let key = create_key(dir.path(), &db_url, "outage", &["verify", "admin"]);
     let port = free_port();
     let base_url = format!("http://127.0.0.1:{port}");
     let _serve = Serve(

@@ -18,6 +18,33 @@ pub fn ringfence() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ringfence"))
 }
 
+/// `ringfence keys create` against `db_url`, with `dir/data` as the data dir; the new
+/// key's secret.
+pub fn create_key(dir: &std::path::Path, db_url: &str, name: &str, scopes: &[&str]) -> String {
+    let mut cmd = ringfence();
+    cmd.current_dir(dir)
+        .args(["keys", "create", "--name", name, "--database-url", db_url]);
+    for scope in scopes {
+        cmd.args(["--scope", scope]);
+    }
+    let out = cmd
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned()
+}
+
 /// A loopback port free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
