@@ -111,6 +111,19 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {1, ARGV[1], exp}
 "#;
 
+/// The Redis key of `key`'s window of `window_ms` that contains `at`, and how long it
+/// is kept from `at` (to the window's end plus one window: the sliding estimate reads it
+/// then).
+fn window_key(key: &str, window_ms: i64, at: Millis) -> CountersResult<(String, i64)> {
+    check_key(key)?;
+    let window_ms = check_window(window_ms)?;
+    let (index, left) = window_of(window_ms, at);
+    Ok((
+        format!("rf:w:{window_ms}:{index}:{key}"),
+        left.saturating_add(window_ms),
+    ))
+}
+
 /// A TAT as a GCRA script found it: '' when the key held none.
 fn stored_tat(stored: &str) -> CountersResult<Option<i64>> {
     match stored {
@@ -297,10 +310,7 @@ impl Counters for RedisCounters {
         }
         let mut cmd = redis::cmd("MGET");
         for (key, window_ms, at) in reads {
-            check_key(key)?;
-            let window_ms = check_window(*window_ms)?;
-            let (index, _) = window_of(window_ms, *at);
-            cmd.arg(format!("rf:w:{window_ms}:{index}:{key}"));
+            cmd.arg(window_key(key, *window_ms, *at)?.0);
         }
         let mut conn = self.conn.clone();
         let counts: Vec<Option<i64>> = self.run("get_windows", cmd.query_async(&mut conn)).await?;
@@ -327,12 +337,9 @@ impl Counters for RedisCounters {
         let mut tx = redis::pipe();
         tx.atomic();
         for (key, window_ms, by) in incrs {
-            check_key(key)?;
-            let window_ms = check_window(*window_ms)?;
-            let (index, left) = window_of(window_ms, now);
-            let key = format!("rf:w:{window_ms}:{index}:{key}");
+            let (key, keep_ms) = window_key(key, *window_ms, now)?;
             tx.incr(&key, i64::try_from(*by).unwrap_or(i64::MAX))
-                .pexpire(&key, left.saturating_add(window_ms))
+                .pexpire(&key, keep_ms)
                 .ignore();
         }
         let mut conn = self.conn.clone();
