@@ -599,18 +599,22 @@ impl GuessGate {
 #[async_trait::async_trait]
 impl CheckGate for GuessGate {
     async fn admit(&self, bi: &BlindIndex, service_id: &str) -> bool {
+        let fetched;
         let service = match &self.service {
-            Some(s) => Some(s.clone()),
-            None => match self.services.get(service_id, self.now).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "service unavailable; checking with the per-verification limit only");
-                    None
+            Some(s) => s,
+            None => {
+                fetched = match self.services.get(service_id, self.now).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "service unavailable; checking with the per-verification limit only");
+                        None
+                    }
+                };
+                match &fetched {
+                    Some(s) => s,
+                    None => return true,
                 }
-            },
-        };
-        let Some(service) = service else {
-            return true;
+            }
         };
         let reserved = self
             .abuse
@@ -625,7 +629,7 @@ impl CheckGate for GuessGate {
             Ok(Some(limit)) => {
                 self.set(Gated::Reserved {
                     bi: *bi,
-                    service_id: service.id,
+                    service_id: service.id.clone(),
                     limit,
                 });
                 true
