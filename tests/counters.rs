@@ -78,6 +78,7 @@ conformance!(
     window_increments_are_atomic_under_concurrency,
     sliding_estimate_weighs_the_previous_window,
     several_windows_at_once_are_the_windows_one_by_one,
+    concurrent_batches_count_as_if_one_after_another,
     keys_that_look_like_phone_numbers_are_refused,
     values_are_stored_once_and_expire_in_caller_time,
     put_if_absent_is_atomic_under_concurrency,
@@ -449,6 +450,39 @@ async fn several_windows_at_once_are_the_windows_one_by_one(c: Arc<dyn Counters>
         .await
         .unwrap_err();
     assert!(matches!(err, CountersError::InvalidKey(_)), "{err}");
+}
+
+/// Batches counted at the same time (Redis merges them into shared transactions): no
+/// count is lost or seen twice, and within a batch a repeated key counts in order.
+async fn concurrent_batches_count_as_if_one_after_another(c: Arc<dyn Counters>) {
+    let now = ManualClock::starting_now().now();
+    let p = prefix();
+    let (a, b) = (format!("{p}:a"), format!("{p}:b"));
+    let calls = (0..200).map(|_| {
+        let (c, a, b) = (c.clone(), a.clone(), b.clone());
+        tokio::spawn(async move {
+            c.incr_windows(&[(&a, 60_000, 1), (&b, 60_000, 3), (&a, 60_000, 1)], now)
+                .await
+                .unwrap()
+        })
+    });
+    let (mut a_counts, mut b_counts) = (Vec::new(), Vec::new());
+    for call in calls.collect::<Vec<_>>() {
+        let counts = call.await.unwrap();
+        assert!(counts[2] > counts[0], "{counts:?}");
+        a_counts.extend([counts[0], counts[2]]);
+        b_counts.push(counts[1]);
+    }
+    a_counts.sort_unstable();
+    assert_eq!(a_counts, (1..=400).collect::<Vec<u64>>());
+    b_counts.sort_unstable();
+    assert_eq!(b_counts, (1..=200).map(|i| 3 * i).collect::<Vec<u64>>());
+    assert_eq!(
+        c.get_windows(&[(&a, 60_000, now), (&b, 60_000, now)])
+            .await
+            .unwrap(),
+        [400, 600]
+    );
 }
 
 async fn keys_that_look_like_phone_numbers_are_refused(c: Arc<dyn Counters>) {

@@ -88,7 +88,7 @@ pub const MAX_VALUE_LEN: usize = 200;
 /// stops a caller bug from turning into unbounded memory.
 pub const MAX_KEY_LEN: usize = 200;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CountersError {
     /// The backend cannot be reached or did not answer in time. Callers fail closed.
     #[error("counters unavailable: {0}")]

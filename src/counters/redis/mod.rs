@@ -4,7 +4,8 @@
 //!   one step: the GCRA read-decide-write is a script (the several limits of one
 //!   request one script over their keys, all or nothing), window counts a transaction
 //!   of INCRBY + PEXPIRE per key (a script costs Redis ~10 µs a call, such a
-//!   transaction ~2 µs). Scripts are sent with EVALSHA, and the crate falls back to
+//!   transaction ~2 µs). Concurrent window counts share one transaction
+//!   ([`windows`]): each caller gets the counts it would have seen alone, in turn. Scripts are sent with EVALSHA, and the crate falls back to
 //!   EVAL (loading the script) when the server does not know it.
 //! * **One node.** Batches span keys of different hash slots (`gcra_all`, `MGET`,
 //!   multi-key transactions), and the connection is to one endpoint: Redis Cluster is
@@ -27,6 +28,8 @@
 //!   here has a TTL, and that policy evicts the one closest to expiry first, as the
 //!   memory backend does.
 
+mod windows;
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -34,6 +37,7 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 
+use self::windows::{Failure, Incr, WindowBatcher};
 use super::{
     check_key, check_ttl, check_value, check_window, gcra_step, redact, window_of, Counters,
     CountersError, CountersResult, GcraDecision, Rate, Stored,
@@ -137,6 +141,8 @@ fn stored_tat(stored: &str) -> CountersResult<Option<i64>> {
 
 pub struct RedisCounters {
     conn: ConnectionManager,
+    /// Window counts go through one task that merges concurrent ones.
+    windows: WindowBatcher,
     timeout: Duration,
     gcra: Script,
     gcra_refund: Script,
@@ -175,8 +181,20 @@ impl RedisCounters {
             .set_max_delay(timeout);
         let conn = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| CountersError::Unavailable(format!("redis {target}: {e}")))?;
+        let windows = {
+            let target = target.clone();
+            WindowBatcher::spawn(conn.clone(), timeout, move |failure| match failure {
+                Failure::Redis(e) => classify(&target, "incr_windows", &e),
+                Failure::Timeout => no_answer(&target, "incr_windows", timeout),
+                Failure::WrongCount => CountersError::Backend(
+                    "redis incr_windows: the transaction answered the wrong number of counts"
+                        .into(),
+                ),
+            })
+        };
         Ok(Self {
             conn,
+            windows,
             timeout,
             gcra: Script::new(GCRA_LUA),
             gcra_refund: Script::new(GCRA_REFUND_LUA),
@@ -230,23 +248,27 @@ impl RedisCounters {
     ) -> CountersResult<T> {
         match tokio::time::timeout(self.timeout, f).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(self.classify(what, &e)),
-            Err(_) => Err(CountersError::Unavailable(format!(
-                "redis {} {what}: no answer within {} ms",
-                self.target,
-                self.timeout.as_millis()
-            ))),
+            Ok(Err(e)) => Err(classify(&self.target, what, &e)),
+            Err(_) => Err(no_answer(&self.target, what, self.timeout)),
         }
     }
+}
 
-    fn classify(&self, what: &str, e: &RedisError) -> CountersError {
-        use redis::ErrorKind;
-        let msg = format!("redis {} {what}: {e}", self.target);
-        match e.kind() {
-            ErrorKind::Parse | ErrorKind::UnexpectedReturnType => CountersError::Backend(msg),
-            _ => CountersError::Unavailable(msg),
-        }
+/// A failed command as an error naming the operation and the server, never the key.
+fn classify(target: &str, what: &str, e: &RedisError) -> CountersError {
+    use redis::ErrorKind;
+    let msg = format!("redis {target} {what}: {e}");
+    match e.kind() {
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => CountersError::Backend(msg),
+        _ => CountersError::Unavailable(msg),
     }
+}
+
+fn no_answer(target: &str, what: &str, timeout: Duration) -> CountersError {
+    CountersError::Unavailable(format!(
+        "redis {target} {what}: no answer within {} ms",
+        timeout.as_millis()
+    ))
 }
 
 #[async_trait]
@@ -333,23 +355,21 @@ impl Counters for RedisCounters {
         if incrs.is_empty() {
             return Ok(Vec::new());
         }
-        // Every INCRBY with its PEXPIRE, in one transaction.
-        let mut tx = redis::pipe();
-        tx.atomic();
-        for (key, window_ms, by) in incrs {
-            let (key, keep_ms) = window_key(key, *window_ms, now)?;
-            tx.incr(&key, i64::try_from(*by).unwrap_or(i64::MAX))
-                .pexpire(&key, keep_ms)
-                .ignore();
+        let incrs = incrs
+            .iter()
+            .map(|(key, window_ms, by)| {
+                let (key, keep_ms) = window_key(key, *window_ms, now)?;
+                Ok(Incr {
+                    key,
+                    keep_ms,
+                    by: *by,
+                })
+            })
+            .collect::<CountersResult<Vec<Incr>>>()?;
+        match tokio::time::timeout(self.timeout, self.windows.incr(incrs)).await {
+            Ok(counts) => counts,
+            Err(_) => Err(no_answer(&self.target, "incr_windows", self.timeout)),
         }
-        let mut conn = self.conn.clone();
-        let counts: Vec<i64> = self.run("incr_windows", tx.query_async(&mut conn)).await?;
-        if counts.len() != incrs.len() {
-            return Err(CountersError::Backend(
-                "redis incr_windows: the transaction answered the wrong number of counts".into(),
-            ));
-        }
-        Ok(counts.into_iter().map(|n| n.max(0) as u64).collect())
     }
 
     async fn put_if_absent(
