@@ -5,8 +5,9 @@
 //!   request one script over their keys, all or nothing), window counts a transaction
 //!   of INCRBY + PEXPIRE per key (a script costs Redis ~10 µs a call, such a
 //!   transaction ~2 µs). Concurrent window counts share one transaction
-//!   ([`windows`]): each caller gets the counts it would have seen alone, in turn. Scripts are sent with EVALSHA, and the crate falls back to
-//!   EVAL (loading the script) when the server does not know it.
+//!   (`windows.rs`): each caller gets the counts it would have seen alone, in turn.
+//!   Scripts are sent with EVALSHA, and the crate falls back to EVAL (loading the
+//!   script) when the server does not know it.
 //! * **One node.** Batches span keys of different hash slots (`gcra_all`, `MGET`,
 //!   multi-key transactions), and the connection is to one endpoint: Redis Cluster is
 //!   not supported (see docs/deployment.md).
@@ -24,9 +25,9 @@
 //!   (a window count, kept one window past its end for the sliding estimate) and
 //!   `rf:v:<key>` (a stored value: a hash of the value `v` and its expiry `exp` in
 //!   caller time, so that it reads as absent from the caller's `now` on even when
-//!   Redis's own clock has not yet expired it). With `maxmemory`, use `maxmemory-policy volatile-ttl`: every key
-//!   here has a TTL, and that policy evicts the one closest to expiry first, as the
-//!   memory backend does.
+//!   Redis's own clock has not yet expired it). With `maxmemory`, use
+//!   `maxmemory-policy volatile-ttl`: every key here has a TTL, and that policy evicts
+//!   the one closest to expiry first, as the memory backend does.
 
 mod windows;
 
