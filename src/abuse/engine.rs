@@ -177,7 +177,8 @@ impl Engine {
     }
 
     /// The pumping detector's prefix of a number.
-    fn prefix(&self, number: &E164) -> Option<Prefix> {
+    /// `number`'s prefix for the pumping detector, if it has one.
+    pub fn prefix(&self, number: &E164) -> Option<Prefix> {
         self.pumping
             .policy()
             .prefix_of(number.country_code(), number.national_significant_number())
@@ -194,12 +195,9 @@ impl Engine {
         self.pumping.record_send(prefix, now).await
     }
 
-    /// Records a message the provider accepted for `number`.
-    pub async fn record_delivery(&self, number: &E164, now: Millis) -> Result<(), CountersError> {
-        match self.prefix(number) {
-            Some(p) => self.pumping.record_delivery(&p, now).await,
-            None => Ok(()),
-        }
+    /// Records a message the provider accepted for a number of `prefix`.
+    pub async fn record_delivery(&self, prefix: &Prefix, now: Millis) -> Result<(), CountersError> {
+        self.pumping.record_delivery(prefix, now).await
     }
 
     /// Records an approved verification of `number`.

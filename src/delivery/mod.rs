@@ -37,6 +37,9 @@ pub struct Handoff {
     pub message: OutgoingMessage,
     /// The code's expiry: past it the message is not sent.
     pub not_after: Millis,
+    /// The recipient's prefix for the pumping detector, from the start's decision: the
+    /// delivery is counted under it without parsing the number again.
+    pub prefix: Option<crate::abuse::pumping::Prefix>,
 }
 
 /// The HTTP side's handle on the outbox worker.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::{Handoff, OutgoingMessage, Payload, Sink};
+use crate::abuse::pumping::Prefix;
 use crate::clock::{Clock, Millis};
 use crate::crypto::Kek;
 use crate::store::{DeliveryResult, OutboxItem, Store};
@@ -41,6 +42,17 @@ impl Default for WorkerSettings {
             coalesce: Duration::from_millis(10),
         }
     }
+}
+
+/// One message to send, from a claim or handed over.
+struct Send {
+    /// `None` when it cannot be sent (its payload could not be opened, or its code
+    /// expired): recorded as failed.
+    message: Option<OutgoingMessage>,
+    id: i64,
+    attempts: u32,
+    not_after: Millis,
+    prefix: Option<Prefix>,
 }
 
 pub struct OutboxWorker {
@@ -141,9 +153,12 @@ impl OutboxWorker {
                 "outbox messages expired before they could be sent"
             );
         }
-        let sends = claim.items.into_iter().map(|item| {
-            let opened = self.open(&item);
-            (opened, item.id, item.attempts, item.not_after)
+        let sends = claim.items.into_iter().map(|item| Send {
+            message: self.open(&item),
+            id: item.id,
+            attempts: item.attempts,
+            not_after: item.not_after,
+            prefix: None,
         });
         self.send_all(sends.collect()).await
     }
@@ -153,12 +168,13 @@ impl OutboxWorker {
         let now = self.clock.now();
         let sends = handoffs
             .into_iter()
-            .map(|h| {
-                let (id, attempt, not_after) =
-                    (h.message.message_id, h.message.attempt, h.not_after);
+            .map(|h| Send {
+                id: h.message.message_id,
+                attempts: h.message.attempt,
+                not_after: h.not_after,
                 // Past its expiry the code is useless: record it as failed rather than send.
-                let msg = (not_after > now).then_some(h.message);
-                (msg, id, attempt, not_after)
+                message: (h.not_after > now).then_some(h.message),
+                prefix: h.prefix,
             })
             .collect();
         if let Err(e) = self.send_all(sends).await {
@@ -171,13 +187,13 @@ impl OutboxWorker {
     /// the leases run out and the messages are claimed again.
     async fn send_all(
         self: &Arc<Self>,
-        sends: Vec<(Option<OutgoingMessage>, i64, u32, Millis)>,
+        sends: Vec<Send>,
     ) -> Result<usize, crate::store::StoreError> {
         let n = sends.len();
         let mut tasks = tokio::task::JoinSet::new();
-        for (msg, id, attempts, not_after) in sends {
+        for send in sends {
             let this = self.clone();
-            tasks.spawn(async move { (id, this.deliver(msg, id, attempts, not_after).await) });
+            tasks.spawn(async move { (send.id, this.deliver(send).await) });
         }
         let mut results = Vec::with_capacity(n);
         while let Some(done) = tasks.join_next().await {
@@ -191,20 +207,21 @@ impl OutboxWorker {
         Ok(n)
     }
 
-    async fn deliver(
-        &self,
-        msg: Option<OutgoingMessage>,
-        id: i64,
-        attempts: u32,
-        not_after: Millis,
-    ) -> DeliveryResult {
-        let result = match msg {
+    async fn deliver(&self, send: Send) -> DeliveryResult {
+        let Send {
+            message,
+            id,
+            attempts,
+            not_after,
+            prefix,
+        } = send;
+        let result = match message {
             None => DeliveryResult::Failed {
                 error: "payload cannot be opened (subject erased, key mismatch or expired)".into(),
             },
             Some(msg) => match self.sink.send(&msg).await {
                 Ok(provider_ref) => {
-                    self.record_delivery(&msg).await;
+                    self.record_delivery(&msg, prefix).await;
                     DeliveryResult::Sent { provider_ref }
                 }
                 Err(e) => self.after_failure(attempts, not_after, e),
@@ -216,10 +233,18 @@ impl OutboxWorker {
         result
     }
 
-    async fn record_delivery(&self, msg: &OutgoingMessage) {
+    /// Counts a delivery for the pumping detector, under the start's prefix when it
+    /// came with the message, else under the number's.
+    async fn record_delivery(&self, msg: &OutgoingMessage, prefix: Option<Prefix>) {
         let Some(engine) = &self.abuse else { return };
-        if let Ok(number) = ringfence_phone::E164::parse(&msg.to, None) {
-            if let Err(e) = engine.record_delivery(&number, self.clock.now()).await {
+        let prefix = match prefix {
+            Some(p) => Some(p),
+            None => ringfence_phone::E164::parse(&msg.to, None)
+                .ok()
+                .and_then(|number| engine.prefix(&number)),
+        };
+        if let Some(p) = prefix {
+            if let Err(e) = engine.record_delivery(&p, self.clock.now()).await {
                 tracing::warn!(error = %e, "delivery not recorded for the pumping detector");
             }
         }

@@ -501,6 +501,7 @@ pub async fn start(
                         body: text,
                     },
                     not_after: verification.expires_at,
+                    prefix: prefix.clone(),
                 }),
                 _ => st.outbox.notify(),
             }
