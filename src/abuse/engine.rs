@@ -176,7 +176,6 @@ impl Engine {
         self.pumping.policy().spend.price_micros(country_code)
     }
 
-    /// The pumping detector's prefix of a number.
     /// `number`'s prefix for the pumping detector, if it has one.
     pub fn prefix(&self, number: &E164) -> Option<Prefix> {
         self.pumping
@@ -209,8 +208,8 @@ impl Engine {
     }
 
     /// Decides one send. The policy checks come first and cost nothing; then every rate
-    /// limit is spent at once, all or nothing (the most specific refusing one answers). Errors only when the counters cannot be reached: the
-    /// caller fails closed.
+    /// limit is spent at once, all or nothing (the most specific refusing one answers).
+    /// Errors only when the counters cannot be reached: the caller fails closed.
     pub async fn decide_send(
         &self,
         policy: &AbusePolicy,

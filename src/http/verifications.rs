@@ -501,7 +501,7 @@ pub async fn start(
                         body: text,
                     },
                     not_after: verification.expires_at,
-                    prefix: prefix.clone(),
+                    prefix,
                 }),
                 _ => st.outbox.notify(),
             }
@@ -600,22 +600,17 @@ impl GuessGate {
 #[async_trait::async_trait]
 impl CheckGate for GuessGate {
     async fn admit(&self, bi: &BlindIndex, service_id: &str) -> bool {
-        let fetched;
+        // Borrowed when the caller had it: no copy of the service per check.
         let service = match &self.service {
-            Some(s) => s,
-            None => {
-                fetched = match self.services.get(service_id, self.now).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "service unavailable; checking with the per-verification limit only");
-                        None
-                    }
-                };
-                match &fetched {
-                    Some(s) => s,
-                    None => return true,
+            Some(s) => std::borrow::Cow::Borrowed(s),
+            None => match self.services.get(service_id, self.now).await {
+                Ok(Some(s)) => std::borrow::Cow::Owned(s),
+                Ok(None) => return true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "service unavailable; checking with the per-verification limit only");
+                    return true;
                 }
-            }
+            },
         };
         let reserved = self
             .abuse
