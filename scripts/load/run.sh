@@ -34,7 +34,7 @@ MODES="${MODES:-full normal}"
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
 
 cargo build --release --quiet
-BIN=target/release/ringfence
+BIN="${CARGO_TARGET_DIR:-target}/release/ringfence"
 PID=
 WORK=
 cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; [ -n "$WORK" ] && rm -rf "$WORK"; true; }

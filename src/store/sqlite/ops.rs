@@ -215,7 +215,7 @@ fn end_queued_messages(
 ) -> StoreResult<()> {
     c.prepare_cached(
         "UPDATE outbox SET status = ?2, payload = NULL, lease_until = NULL, updated_at = ?3
-         WHERE verification_id = ?1 AND status IN ('queued', 'sending', 'retry')",
+         WHERE verification_id = ?1 AND (status = 'queued' OR status = 'sending' OR status = 'retry')",
     )?
     .execute(params![verification_id, status, now])?;
     Ok(())
@@ -884,29 +884,39 @@ pub fn remove_list_entry(c: &Connection, id: i64) -> StoreResult<bool> {
 
 // ---------------------------------------------------------------- outbox
 
+// The statements that look for messages still to send. Each spells the predicate of
+// the partial index `outbox_due` exactly as the index does: SQLite's planner uses a
+// partial index only when it finds the index's condition among the query's own terms
+// (an IN list would not match, and the outbox would be read whole; see the test below).
+
+/// Messages whose code has expired are never sent: their content is erased.
+const EXPIRE_DUE: &str = "UPDATE outbox SET status = 'expired', payload = NULL, lease_until = NULL, updated_at = ?1
+     WHERE (status = 'queued' OR status = 'sending' OR status = 'retry') AND not_after <= ?1";
+
+/// Due: queued or retry whose time has come, or claimed by a worker whose lease ran out.
+const CLAIM_DUE: &str = "SELECT o.id, o.verification_id, o.channel, o.payload, o.attempts, o.not_after,
+            s.id, s.blind_index, s.wrapped_key, s.phone_ct
+     FROM outbox o JOIN subjects s ON s.id = o.subject_id
+     WHERE (o.status = 'queued' OR o.status = 'sending' OR o.status = 'retry') AND o.next_attempt_at <= ?1
+       AND (o.lease_until IS NULL OR o.lease_until <= ?1) AND o.payload IS NOT NULL
+     ORDER BY o.next_attempt_at LIMIT ?2";
+
+/// When the next message falls due.
+const NEXT_DUE: &str = "SELECT MIN(COALESCE(MAX(next_attempt_at, lease_until), next_attempt_at)) FROM outbox
+     WHERE (status = 'queued' OR status = 'sending' OR status = 'retry')";
+
 pub fn claim_outbox(
     c: &Connection,
     now: Millis,
     limit: u32,
     lease_ms: i64,
 ) -> StoreResult<OutboxClaim> {
-    // Messages whose code has expired are never sent: erase them first.
+    // Expired messages first: they are never sent.
     let expired = c
-        .prepare_cached(
-            "UPDATE outbox SET status = 'expired', payload = NULL, lease_until = NULL, updated_at = ?1
-             WHERE status IN ('queued', 'sending', 'retry') AND not_after <= ?1",
-        )?
+        .prepare_cached(EXPIRE_DUE)?
         .execute([now])? as u64;
-    // Due: queued or retry whose time has come, or claimed by a worker whose lease ran out.
     let mut items = c
-        .prepare_cached(
-            "SELECT o.id, o.verification_id, o.channel, o.payload, o.attempts, o.not_after,
-                    s.id, s.blind_index, s.wrapped_key, s.phone_ct
-             FROM outbox o JOIN subjects s ON s.id = o.subject_id
-             WHERE o.status IN ('queued', 'sending', 'retry') AND o.next_attempt_at <= ?1
-               AND (o.lease_until IS NULL OR o.lease_until <= ?1) AND o.payload IS NOT NULL
-             ORDER BY o.next_attempt_at LIMIT ?2",
-        )?
+        .prepare_cached(CLAIM_DUE)?
         .query_map(params![now, limit], |r| {
             let ch: String = r.get(2)?;
             Ok(OutboxItem {
@@ -981,10 +991,7 @@ fn finish_one(c: &Connection, id: i64, result: &DeliveryResult, now: Millis) -> 
 }
 
 pub fn next_outbox_due(c: &Connection) -> StoreResult<Option<Millis>> {
-    Ok(c.prepare_cached(
-        "SELECT MIN(COALESCE(MAX(next_attempt_at, lease_until), next_attempt_at)) FROM outbox
-             WHERE status IN ('queued', 'sending', 'retry')",
-    )?
+    Ok(c.prepare_cached(NEXT_DUE)?
     .query_row([], |r| r.get(0))?)
 }
 
@@ -1029,4 +1036,46 @@ pub fn sweep(
         lockouts,
         tombstones,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The worker's look-ups read the due messages through `outbox_due`, never the
+    /// whole outbox (which keeps every message ever sent), and queueing a message does
+    /// not build a temporary B-tree to test the index's condition.
+    #[test]
+    fn the_outbox_is_searched_through_its_due_index() {
+        let mut c = Connection::open_in_memory().unwrap();
+        super::super::migrate(&mut c).unwrap();
+        for sql in [EXPIRE_DUE, CLAIM_DUE, NEXT_DUE] {
+            let mut explain = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let unbound = vec![rusqlite::types::Null; explain.parameter_count()];
+            let plan: Vec<String> = explain
+                .query_map(rusqlite::params_from_iter(unbound), |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            // "SCAN outbox", "SEARCH o USING …": the step that reads the outbox.
+            let reads_outbox = |p: &&String| matches!(p.split(' ').nth(1), Some("outbox" | "o"));
+            let step = plan.iter().find(reads_outbox);
+            assert!(
+                step.is_some_and(|p| p.contains("USING INDEX outbox_due")),
+                "{sql}\n{plan:?}"
+            );
+        }
+        let program: Vec<String> = c
+            .prepare(
+                "EXPLAIN INSERT INTO outbox (verification_id, subject_id, channel, payload, status, next_attempt_at,
+                                             not_after, created_at, updated_at)
+                 VALUES ('VE1', 1, 'sms', x'00', 'queued', 0, 0, 0, 0)",
+            )
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(1))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(!program.iter().any(|op| op == "OpenEphemeral"), "{program:?}");
+    }
 }
