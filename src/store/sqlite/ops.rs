@@ -890,7 +890,8 @@ pub fn remove_list_entry(c: &Connection, id: i64) -> StoreResult<bool> {
 // (an IN list would not match, and the outbox would be read whole; see the test below).
 
 /// Messages whose code has expired are never sent: their content is erased.
-const EXPIRE_DUE: &str = "UPDATE outbox SET status = 'expired', payload = NULL, lease_until = NULL, updated_at = ?1
+const EXPIRE_DUE: &str =
+    "UPDATE outbox SET status = 'expired', payload = NULL, lease_until = NULL, updated_at = ?1
      WHERE (status = 'queued' OR status = 'sending' OR status = 'retry') AND not_after <= ?1";
 
 /// Due: queued or retry whose time has come, or claimed by a worker whose lease ran out.
@@ -902,7 +903,8 @@ const CLAIM_DUE: &str = "SELECT o.id, o.verification_id, o.channel, o.payload, o
      ORDER BY o.next_attempt_at LIMIT ?2";
 
 /// When the next message falls due.
-const NEXT_DUE: &str = "SELECT MIN(COALESCE(MAX(next_attempt_at, lease_until), next_attempt_at)) FROM outbox
+const NEXT_DUE: &str =
+    "SELECT MIN(COALESCE(MAX(next_attempt_at, lease_until), next_attempt_at)) FROM outbox
      WHERE (status = 'queued' OR status = 'sending' OR status = 'retry')";
 
 pub fn claim_outbox(
@@ -912,9 +914,7 @@ pub fn claim_outbox(
     lease_ms: i64,
 ) -> StoreResult<OutboxClaim> {
     // Expired messages first: they are never sent.
-    let expired = c
-        .prepare_cached(EXPIRE_DUE)?
-        .execute([now])? as u64;
+    let expired = c.prepare_cached(EXPIRE_DUE)?.execute([now])? as u64;
     let mut items = c
         .prepare_cached(CLAIM_DUE)?
         .query_map(params![now, limit], |r| {
@@ -991,8 +991,7 @@ fn finish_one(c: &Connection, id: i64, result: &DeliveryResult, now: Millis) -> 
 }
 
 pub fn next_outbox_due(c: &Connection) -> StoreResult<Option<Millis>> {
-    Ok(c.prepare_cached(NEXT_DUE)?
-    .query_row([], |r| r.get(0))?)
+    Ok(c.prepare_cached(NEXT_DUE)?.query_row([], |r| r.get(0))?)
 }
 
 // ---------------------------------------------------------------- janitor
@@ -1053,7 +1052,9 @@ mod tests {
             let mut explain = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
             let unbound = vec![rusqlite::types::Null; explain.parameter_count()];
             let plan: Vec<String> = explain
-                .query_map(rusqlite::params_from_iter(unbound), |r| r.get::<_, String>(3))
+                .query_map(rusqlite::params_from_iter(unbound), |r| {
+                    r.get::<_, String>(3)
+                })
                 .unwrap()
                 .collect::<Result<_, _>>()
                 .unwrap();
@@ -1076,6 +1077,9 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert!(!program.iter().any(|op| op == "OpenEphemeral"), "{program:?}");
+        assert!(
+            !program.iter().any(|op| op == "OpenEphemeral"),
+            "{program:?}"
+        );
     }
 }
