@@ -5,6 +5,7 @@
 #   MODES=postgres POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test scripts/load/run.sh
 #   MODES="full postgres+redis" POSTGRES_URL=… REDIS_URL=redis://127.0.0.1:6379/9 scripts/load/run.sh
 #
+# The binary is built and run from $CARGO_TARGET_DIR when it is set (target/ otherwise).
 # MODES lists what to measure: `full` and `normal` are the SQLite durability modes;
 # `postgres` uses a fresh database created on the server of $POSTGRES_URL, with the
 # counters in memory; `postgres+redis` the same with the counters in Redis at
