@@ -207,19 +207,35 @@ fn expire(c: &Connection, id: &str, now: Millis) -> StoreResult<()> {
     end_queued_messages(c, id, "expired", now)
 }
 
+/// A message still to send: the condition of the partial index `outbox_due`, spelled as
+/// the index spells it (migration 0006). SQLite's planner uses a partial index only when
+/// it finds the index's condition among a query's own terms, so every statement that
+/// should read through the index says it this way (see the test at the end).
+macro_rules! due_condition {
+    () => {
+        "(status = 'queued' OR status = 'sending' OR status = 'retry')"
+    };
+}
+
 fn end_queued_messages(
     c: &Connection,
     verification_id: &str,
     status: &str,
     now: Millis,
 ) -> StoreResult<()> {
-    c.prepare_cached(
+    c.prepare_cached(concat!(
         "UPDATE outbox SET status = ?2, payload = NULL, lease_until = NULL, updated_at = ?3
-         WHERE verification_id = ?1 AND (status = 'queued' OR status = 'sending' OR status = 'retry')",
-    )?
+             WHERE verification_id = ?1 AND ",
+        due_condition!()
+    ))?
     .execute(params![verification_id, status, now])?;
     Ok(())
 }
+
+const ENQUEUE: &str = "INSERT INTO outbox (verification_id, subject_id, channel, payload, status, attempts,
+                                     next_attempt_at, lease_until, not_after, created_at, updated_at)
+     VALUES (?1, ?2, ?3, ?4, CASE WHEN ?7 IS NULL THEN 'queued' ELSE 'sending' END,
+             CASE WHEN ?7 IS NULL THEN 0 ELSE 1 END, ?5, ?7, ?6, ?5, ?5)";
 
 /// Queues a message; claimed by the caller (attempt 1, leased until `lease_until`) when
 /// that is given. Returns the message's id.
@@ -234,13 +250,15 @@ fn enqueue(
     not_after: Millis,
     lease_until: Option<Millis>,
 ) -> StoreResult<i64> {
-    c.prepare_cached(
-        "INSERT INTO outbox (verification_id, subject_id, channel, payload, status, attempts, next_attempt_at,
-                             lease_until, not_after, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, CASE WHEN ?7 IS NULL THEN 'queued' ELSE 'sending' END,
-                 CASE WHEN ?7 IS NULL THEN 0 ELSE 1 END, ?5, ?7, ?6, ?5, ?5)",
-    )?
-    .execute(params![verification_id, subject_id, channel.as_str(), payload, now, not_after, lease_until])?;
+    c.prepare_cached(ENQUEUE)?.execute(params![
+        verification_id,
+        subject_id,
+        channel.as_str(),
+        payload,
+        now,
+        not_after,
+        lease_until
+    ])?;
     Ok(c.last_insert_rowid())
 }
 
@@ -884,28 +902,32 @@ pub fn remove_list_entry(c: &Connection, id: i64) -> StoreResult<bool> {
 
 // ---------------------------------------------------------------- outbox
 
-// The statements that look for messages still to send. Each spells the predicate of
-// the partial index `outbox_due` exactly as the index does: SQLite's planner uses a
-// partial index only when it finds the index's condition among the query's own terms
-// (an IN list would not match, and the outbox would be read whole; see the test below).
+// The statements that look for messages still to send, through `outbox_due`.
 
 /// Messages whose code has expired are never sent: their content is erased.
-const EXPIRE_DUE: &str =
+const EXPIRE_DUE: &str = concat!(
     "UPDATE outbox SET status = 'expired', payload = NULL, lease_until = NULL, updated_at = ?1
-     WHERE (status = 'queued' OR status = 'sending' OR status = 'retry') AND not_after <= ?1";
+     WHERE not_after <= ?1 AND ",
+    due_condition!()
+);
 
 /// Due: queued or retry whose time has come, or claimed by a worker whose lease ran out.
-const CLAIM_DUE: &str = "SELECT o.id, o.verification_id, o.channel, o.payload, o.attempts, o.not_after,
+/// (Only the outbox has these columns, so they need no table name.)
+const CLAIM_DUE: &str = concat!(
+    "SELECT o.id, o.verification_id, o.channel, o.payload, o.attempts, o.not_after,
             s.id, s.blind_index, s.wrapped_key, s.phone_ct
      FROM outbox o JOIN subjects s ON s.id = o.subject_id
-     WHERE (o.status = 'queued' OR o.status = 'sending' OR o.status = 'retry') AND o.next_attempt_at <= ?1
-       AND (o.lease_until IS NULL OR o.lease_until <= ?1) AND o.payload IS NOT NULL
-     ORDER BY o.next_attempt_at LIMIT ?2";
+     WHERE next_attempt_at <= ?1 AND (lease_until IS NULL OR lease_until <= ?1)
+       AND payload IS NOT NULL AND ",
+    due_condition!(),
+    " ORDER BY next_attempt_at LIMIT ?2"
+);
 
 /// When the next message falls due.
-const NEXT_DUE: &str =
-    "SELECT MIN(COALESCE(MAX(next_attempt_at, lease_until), next_attempt_at)) FROM outbox
-     WHERE (status = 'queued' OR status = 'sending' OR status = 'retry')";
+const NEXT_DUE: &str = concat!(
+    "SELECT MIN(COALESCE(MAX(next_attempt_at, lease_until), next_attempt_at)) FROM outbox WHERE ",
+    due_condition!()
+);
 
 pub fn claim_outbox(
     c: &Connection,
@@ -1066,14 +1088,12 @@ mod tests {
                 "{sql}\n{plan:?}"
             );
         }
-        let program: Vec<String> = c
-            .prepare(
-                "EXPLAIN INSERT INTO outbox (verification_id, subject_id, channel, payload, status, next_attempt_at,
-                                             not_after, created_at, updated_at)
-                 VALUES ('VE1', 1, 'sms', x'00', 'queued', 0, 0, 0, 0)",
-            )
-            .unwrap()
-            .query_map([], |r| r.get::<_, String>(1))
+        let mut explain = c.prepare(&format!("EXPLAIN {ENQUEUE}")).unwrap();
+        let unbound = vec![rusqlite::types::Null; explain.parameter_count()];
+        let program: Vec<String> = explain
+            .query_map(rusqlite::params_from_iter(unbound), |r| {
+                r.get::<_, String>(1)
+            })
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
