@@ -1063,6 +1063,17 @@ pub fn sweep(
 mod tests {
     use super::*;
 
+    /// Column `column` of each row of `EXPLAIN {how} {sql}`, its parameters left NULL.
+    fn explain(c: &Connection, how: &str, sql: &str, column: usize) -> Vec<String> {
+        let mut explain = c.prepare(&format!("EXPLAIN {how} {sql}")).unwrap();
+        let unbound = vec![rusqlite::types::Null; explain.parameter_count()];
+        explain
+            .query_map(rusqlite::params_from_iter(unbound), |r| r.get(column))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
     /// The worker's look-ups read the due messages through `outbox_due`, never the
     /// whole outbox (which keeps every message ever sent), and queueing a message does
     /// not build a temporary B-tree to test the index's condition.
@@ -1071,15 +1082,7 @@ mod tests {
         let mut c = Connection::open_in_memory().unwrap();
         super::super::migrate(&mut c).unwrap();
         for sql in [EXPIRE_DUE, CLAIM_DUE, NEXT_DUE] {
-            let mut explain = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let unbound = vec![rusqlite::types::Null; explain.parameter_count()];
-            let plan: Vec<String> = explain
-                .query_map(rusqlite::params_from_iter(unbound), |r| {
-                    r.get::<_, String>(3)
-                })
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
+            let plan = explain(&c, "QUERY PLAN", sql, 3);
             // "SCAN outbox", "SEARCH o USING …": the step that reads the outbox.
             let reads_outbox = |p: &&String| matches!(p.split(' ').nth(1), Some("outbox" | "o"));
             let step = plan.iter().find(reads_outbox);
@@ -1088,15 +1091,7 @@ mod tests {
                 "{sql}\n{plan:?}"
             );
         }
-        let mut explain = c.prepare(&format!("EXPLAIN {ENQUEUE}")).unwrap();
-        let unbound = vec![rusqlite::types::Null; explain.parameter_count()];
-        let program: Vec<String> = explain
-            .query_map(rusqlite::params_from_iter(unbound), |r| {
-                r.get::<_, String>(1)
-            })
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let program = explain(&c, "", ENQUEUE, 1);
         assert!(
             !program.iter().any(|op| op == "OpenEphemeral"),
             "{program:?}"
