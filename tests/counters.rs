@@ -69,6 +69,7 @@ conformance!(
     gcra_admits_the_burst_refuses_then_recovers,
     gcra_refusal_does_not_consume,
     gcra_keys_and_rates_are_independent,
+    one_key_is_separate_state_in_each_kind_and_window,
     gcra_cost_spends_several_or_nothing,
     gcra_refund_gives_back_but_never_builds_credit,
     gcra_is_atomic_under_concurrency,
@@ -228,6 +229,23 @@ async fn gcra_keys_and_rates_are_independent(c: Arc<dyn Counters>) {
     let d = c.gcra(&z, Rate::per_hour(0), now).await.unwrap();
     assert!(!d.allowed);
     assert!(c.gcra(&z, rate, now).await.unwrap().allowed);
+}
+
+async fn one_key_is_separate_state_in_each_kind_and_window(c: Arc<dyn Counters>) {
+    let now = ManualClock::starting_now().now();
+    let key = format!("{}:k", prefix());
+    assert!(c.gcra(&key, Rate::per_hour(1), now).await.unwrap().allowed);
+    assert_eq!(c.incr_window(&key, 60_000, 3, now).await.unwrap(), 3);
+    assert_eq!(c.incr_window(&key, 3_600_000, 5, now).await.unwrap(), 5);
+    let stored = c.put_if_absent(&key, "v", 60_000, now).await.unwrap();
+    assert!(stored.created);
+    // None of them saw another's state: the windows of either size count on their
+    // own, the rate is spent, and the next window of a size starts from zero.
+    assert!(!c.gcra(&key, Rate::per_hour(1), now).await.unwrap().allowed);
+    assert_eq!(c.get_window(&key, 60_000, now).await.unwrap(), 3);
+    assert_eq!(c.get_window(&key, 3_600_000, now).await.unwrap(), 5);
+    assert_eq!(c.get_window(&key, 60_000, now + 60_000).await.unwrap(), 0);
+    assert_eq!(c.get_value(&key, now).await.unwrap().as_deref(), Some("v"));
 }
 
 async fn gcra_cost_spends_several_or_nothing(c: Arc<dyn Counters>) {

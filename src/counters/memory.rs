@@ -25,7 +25,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -58,7 +58,41 @@ type Slot = u128;
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<Slot, Entry>,
+    map: HashMap<Slot, Entry, BuildHasherDefault<SlotHasher>>,
+}
+
+/// The map's hasher: a slot is already a keyed hash, with a per-process random seed, so
+/// its low half serves as the table's hash as it is (hashing it again would only cost
+/// time). The high half chose the shard.
+#[derive(Default)]
+struct SlotHasher(u64);
+
+impl Hasher for SlotHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only slots are hashed with it (`write_u128`); any other input still spreads.
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0 ^ u64::from_le_bytes(word)).rotate_left(29);
+        }
+    }
+
+    fn write_u128(&mut self, slot: u128) {
+        self.0 = slot as u64;
+    }
+}
+
+/// The namespaces of the keys: the same key in `gcra`, `incr_window` and
+/// `put_if_absent` is three pieces of state.
+#[derive(Clone, Copy)]
+enum Space {
+    Gcra,
+    Window { window_ms: i64, index: i64 },
+    Value,
 }
 
 #[derive(Clone)]
@@ -119,11 +153,94 @@ impl MemoryCounters {
         self.len() == 0
     }
 
-    /// The shard of `key`, locked, and the key's slot in it.
-    fn locate(&self, key: &str) -> (MutexGuard<'_, Shard>, Slot) {
-        let (a, b) = (self.seed.hash_one(key), self.seed2.hash_one(key));
+    /// The shard of `key` in `space`, locked, and the key's slot in it. The parts are
+    /// hashed as they are, without building a string of them: the namespace's tag
+    /// and numbers have a fixed width and the key comes last, terminated, so distinct
+    /// parts never hash the same input.
+    fn locate(&self, space: Space, key: &str) -> (MutexGuard<'_, Shard>, Slot) {
+        let hash = |seed: &RandomState| {
+            let mut h = seed.build_hasher();
+            match space {
+                Space::Gcra => h.write_u8(b'g'),
+                Space::Value => h.write_u8(b'v'),
+                Space::Window { window_ms, index } => {
+                    h.write_u8(b'w');
+                    h.write_i64(window_ms);
+                    h.write_i64(index);
+                }
+            }
+            key.hash(&mut h);
+            h.finish()
+        };
+        let (a, b) = (hash(&self.seed), hash(&self.seed2));
         let slot = (u128::from(a) << 64) | u128::from(b);
         (lock(&self.shards[(a as usize) % SHARDS]), slot)
+    }
+
+    fn gcra_now(
+        &self,
+        key: &str,
+        rate: Rate,
+        cost: u32,
+        now: Millis,
+    ) -> CountersResult<GcraDecision> {
+        check_key(key)?;
+        let (mut shard, k) = self.locate(Space::Gcra, key);
+        let tat = shard.get_int(k, now);
+        let (decision, new_tat) = gcra_step(tat, rate, now, cost);
+        if let Some(new_tat) = new_tat {
+            // Absent and "TAT has passed" mean the same, so expire at the TAT.
+            let expires_at = new_tat.div_euclid(1000) + 1;
+            let entry = Entry {
+                value: Value::Int(new_tat),
+                expires_at,
+            };
+            shard.put(k, entry, self.per_shard, now);
+        }
+        Ok(decision)
+    }
+
+    fn refund_now(&self, key: &str, rate: Rate, cost: u32, now: Millis) -> CountersResult<()> {
+        check_key(key)?;
+        let (mut shard, k) = self.locate(Space::Gcra, key);
+        if let Some(tat) = shard.get_int(k, now) {
+            let now_us = now.saturating_mul(1000);
+            let back = rate.interval_us().saturating_mul(i64::from(cost));
+            let new_tat = tat.saturating_sub(back).max(now_us);
+            let entry = Entry {
+                value: Value::Int(new_tat),
+                expires_at: new_tat.div_euclid(1000) + 1,
+            };
+            shard.put(k, entry, self.per_shard, now);
+        }
+        Ok(())
+    }
+
+    fn incr_now(&self, key: &str, window_ms: i64, by: u64, now: Millis) -> CountersResult<u64> {
+        check_key(key)?;
+        let window_ms = check_window(window_ms)?;
+        let (index, left) = window_of(window_ms, now);
+        let (mut shard, k) = self.locate(Space::Window { window_ms, index }, key);
+        let count = shard.get_int(k, now).unwrap_or(0);
+        // Counts are kept as i64, as in Redis (INCRBY); they saturate rather than wrap.
+        let by = i64::try_from(by).unwrap_or(i64::MAX);
+        let count = count.saturating_add(by);
+        // Kept one window past its end: the sliding estimate reads it then.
+        let entry = Entry {
+            value: Value::Int(count),
+            expires_at: now + left + window_ms,
+        };
+        shard.put(k, entry, self.per_shard, now);
+        Ok(count as u64)
+    }
+
+    fn window_now(&self, key: &str, window_ms: i64, now: Millis) -> CountersResult<u64> {
+        check_key(key)?;
+        let window_ms = check_window(window_ms)?;
+        let (index, _) = window_of(window_ms, now);
+        let (mut shard, k) = self.locate(Space::Window { window_ms, index }, key);
+        let count = shard.get_int(k, now).unwrap_or(0);
+        Ok(count.max(0) as u64)
     }
 }
 
@@ -181,18 +298,8 @@ impl Shard {
     }
 }
 
-fn gcra_key(key: &str) -> String {
-    format!("g:{key}")
-}
-
-fn value_key(key: &str) -> String {
-    format!("v:{key}")
-}
-
-fn window_key(key: &str, window_ms: i64, index: i64) -> String {
-    format!("w:{window_ms}:{index}:{key}")
-}
-
+// Every operation is a map look-up under a lock: the batch operations run their
+// parts one after another instead of as futures to join.
 #[async_trait]
 impl Counters for MemoryCounters {
     async fn gcra_cost(
@@ -202,20 +309,7 @@ impl Counters for MemoryCounters {
         cost: u32,
         now: Millis,
     ) -> CountersResult<GcraDecision> {
-        check_key(key)?;
-        let (mut shard, k) = self.locate(&gcra_key(key));
-        let tat = shard.get_int(k, now);
-        let (decision, new_tat) = gcra_step(tat, rate, now, cost);
-        if let Some(new_tat) = new_tat {
-            // Absent and "TAT has passed" mean the same, so expire at the TAT.
-            let expires_at = new_tat.div_euclid(1000) + 1;
-            let entry = Entry {
-                value: Value::Int(new_tat),
-                expires_at,
-            };
-            shard.put(k, entry, self.per_shard, now);
-        }
-        Ok(decision)
+        self.gcra_now(key, rate, cost, now)
     }
 
     async fn gcra_refund(
@@ -225,19 +319,26 @@ impl Counters for MemoryCounters {
         cost: u32,
         now: Millis,
     ) -> CountersResult<()> {
-        check_key(key)?;
-        let (mut shard, k) = self.locate(&gcra_key(key));
-        if let Some(tat) = shard.get_int(k, now) {
-            let now_us = now.saturating_mul(1000);
-            let back = rate.interval_us().saturating_mul(i64::from(cost));
-            let new_tat = tat.saturating_sub(back).max(now_us);
-            let entry = Entry {
-                value: Value::Int(new_tat),
-                expires_at: new_tat.div_euclid(1000) + 1,
-            };
-            shard.put(k, entry, self.per_shard, now);
+        self.refund_now(key, rate, cost, now)
+    }
+
+    async fn gcra_all(
+        &self,
+        limits: &[(&str, Rate)],
+        now: Millis,
+    ) -> CountersResult<Vec<GcraDecision>> {
+        // Spends each key, then gives back what was spent if any refused, as the
+        // trait's default does.
+        let spent = limits
+            .iter()
+            .map(|(key, rate)| self.gcra_now(key, *rate, 1, now))
+            .collect::<CountersResult<Vec<_>>>()?;
+        if !spent.iter().all(|d| d.allowed) {
+            for ((key, rate), _) in limits.iter().zip(&spent).filter(|(_, d)| d.allowed) {
+                self.refund_now(key, *rate, 1, now)?;
+            }
         }
-        Ok(())
+        Ok(spent)
     }
 
     async fn incr_window(
@@ -247,30 +348,29 @@ impl Counters for MemoryCounters {
         by: u64,
         now: Millis,
     ) -> CountersResult<u64> {
-        check_key(key)?;
-        let window_ms = check_window(window_ms)?;
-        let (index, left) = window_of(window_ms, now);
-        let (mut shard, k) = self.locate(&window_key(key, window_ms, index));
-        let count = shard.get_int(k, now).unwrap_or(0);
-        // Counts are kept as i64, as in Redis (INCRBY); they saturate rather than wrap.
-        let by = i64::try_from(by).unwrap_or(i64::MAX);
-        let count = count.saturating_add(by);
-        // Kept one window past its end: the sliding estimate reads it then.
-        let entry = Entry {
-            value: Value::Int(count),
-            expires_at: now + left + window_ms,
-        };
-        shard.put(k, entry, self.per_shard, now);
-        Ok(count as u64)
+        self.incr_now(key, window_ms, by, now)
+    }
+
+    async fn incr_windows(
+        &self,
+        incrs: &[(&str, i64, u64)],
+        now: Millis,
+    ) -> CountersResult<Vec<u64>> {
+        incrs
+            .iter()
+            .map(|(key, w, by)| self.incr_now(key, *w, *by, now))
+            .collect()
     }
 
     async fn get_window(&self, key: &str, window_ms: i64, now: Millis) -> CountersResult<u64> {
-        check_key(key)?;
-        let window_ms = check_window(window_ms)?;
-        let (index, _) = window_of(window_ms, now);
-        let (mut shard, k) = self.locate(&window_key(key, window_ms, index));
-        let count = shard.get_int(k, now).unwrap_or(0);
-        Ok(count.max(0) as u64)
+        self.window_now(key, window_ms, now)
+    }
+
+    async fn get_windows(&self, reads: &[(&str, i64, Millis)]) -> CountersResult<Vec<u64>> {
+        reads
+            .iter()
+            .map(|(key, w, at)| self.window_now(key, *w, *at))
+            .collect()
     }
 
     async fn put_if_absent(
@@ -283,7 +383,7 @@ impl Counters for MemoryCounters {
         check_key(key)?;
         check_value(value)?;
         let ttl_ms = check_ttl(ttl_ms)?;
-        let (mut shard, k) = self.locate(&value_key(key));
+        let (mut shard, k) = self.locate(Space::Value, key);
         if let Some(Entry {
             value: Value::Text(held),
             expires_at,
@@ -310,7 +410,7 @@ impl Counters for MemoryCounters {
 
     async fn get_value(&self, key: &str, now: Millis) -> CountersResult<Option<String>> {
         check_key(key)?;
-        let (mut shard, k) = self.locate(&value_key(key));
+        let (mut shard, k) = self.locate(Space::Value, key);
         let held = match shard.get(k, now) {
             Some(Entry {
                 value: Value::Text(held),

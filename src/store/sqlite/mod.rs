@@ -114,10 +114,11 @@ fn configure(conn: &Connection, durability: Durability, cache_kib: u32) -> rusql
 
 /// Checkpoints the WAL every `CHECKPOINT_INTERVAL` on a connection of its own, until
 /// the returned sender is dropped. The writer also checkpoints by itself whenever the
-/// WAL passes 1000 pages (SQLite's default), right after a commit: that is when the WAL
-/// can be copied completely and start over, which keeps it small under sustained load
-/// (a checkpointer on another thread never catches up with a busy writer). This thread
-/// adds the time bound that an idle or lightly loaded instance would otherwise lack.
+/// WAL passes 1000 pages (SQLite's default), right after a batch's replies (see
+/// `writer`): that is when the WAL can be copied completely and start over, which keeps
+/// it small under sustained load (a checkpointer on another thread never catches up
+/// with a busy writer). This thread adds the time bound that an idle or lightly loaded
+/// instance would otherwise lack.
 fn spawn_checkpointer(
     path: &Path,
     durability: Durability,

@@ -8,7 +8,16 @@
 //! per request. Each job runs inside its own savepoint: a job that fails rolls back only
 //! its own writes. Replies are sent only after `COMMIT` returned, so nothing is
 //! acknowledged before it is durable.
+//!
+//! The writer also checkpoints the WAL (copies it into the database file, so that it
+//! can start over), whenever it has grown past `CHECKPOINT_PAGES` — after the batch's
+//! replies are out, not inside its `COMMIT` as SQLite's automatic checkpoint would:
+//! the batch that happens to cross the threshold does not wait for the copy.
 
+use std::cell::Cell;
+use std::os::raw::c_int;
+
+use rusqlite::hooks::Wal;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
@@ -16,6 +25,21 @@ use crate::store::{StoreError, StoreResult};
 
 /// Upper bound of jobs per transaction; keeps one commit's latency bounded.
 const MAX_BATCH: usize = 512;
+
+/// The WAL's size, in pages, from which the writer checkpoints after a batch: SQLite's
+/// default for its automatic checkpoint, which this replaces on the writing connection.
+const CHECKPOINT_PAGES: c_int = 1000;
+
+thread_local! {
+    /// Pages in the WAL after the last commit on this thread's connection, as SQLite
+    /// reports them to the WAL hook. Only the writer thread commits.
+    static WAL_PAGES: Cell<c_int> = const { Cell::new(0) };
+}
+
+fn note_wal_pages(_: &Wal, pages: c_int) -> rusqlite::Result<()> {
+    WAL_PAGES.set(pages);
+    Ok(())
+}
 
 trait Job: Send {
     /// Runs the job's statements; `false` asks to roll back its savepoint.
@@ -129,6 +153,8 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 }
 
 fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>) {
+    // Installing the hook turns SQLite's automatic checkpoint off on this connection.
+    conn.wal_hook(Some(note_wal_pages));
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -145,6 +171,18 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>) {
         for job in batch.drain(..) {
             job.finish(committed.clone());
         }
+        if WAL_PAGES.get() >= CHECKPOINT_PAGES {
+            checkpoint(&conn);
+        }
+    }
+}
+
+/// A passive checkpoint: copies what no reader still needs, never waits for a lock.
+/// Once the WAL is copied completely, the next transaction starts it over.
+fn checkpoint(conn: &Connection) {
+    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        Ok(()) => WAL_PAGES.set(0),
+        Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
     }
 }
 
@@ -178,4 +216,48 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), String
     result.inspect_err(|_| {
         let _ = conn.execute_batch("ROLLBACK");
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without the writer's own checkpoint the WAL would only grow under a steady stream
+    /// of writes: the hook that counts its pages turns SQLite's automatic one off.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_starts_over_after_it_passes_the_checkpoint_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF; CREATE TABLE t (b BLOB NOT NULL);",
+        )
+        .unwrap();
+        let writer = Writer::spawn(conn);
+        // Each row fills a page of its own: three times the checkpoint size in all.
+        let rows = 3 * CHECKPOINT_PAGES;
+        for _ in 0..rows {
+            writer
+                .write_unguarded(|c| {
+                    c.execute("INSERT INTO t (b) VALUES (zeroblob(3500))", [])?;
+                    Ok(())
+                })
+                .await
+                .unwrap();
+        }
+        let frame = 24 + 4096;
+        let wal = std::fs::metadata(path.with_extension("db-wal"))
+            .unwrap()
+            .len();
+        assert!(
+            wal <= 32 + (CHECKPOINT_PAGES as u64 + 16) * frame,
+            "the WAL holds {} pages",
+            wal / frame
+        );
+        let count: i64 = writer
+            .write(|c| Ok(c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(count, i64::from(rows));
+    }
 }
