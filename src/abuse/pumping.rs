@@ -796,6 +796,41 @@ fn decode(s: &str) -> CountersResult<Closure> {
 mod tests {
     use super::*;
 
+    /// The keys are state in a shared Redis: instances of two versions must name them
+    /// alike.
+    #[test]
+    fn a_prefix_keys_are_named_as_they_always_were() {
+        let k = Keys::of(&Prefix::new(44, "790").unwrap());
+        let all = [
+            &k.sent,
+            &k.sent_recent,
+            &k.approved,
+            &k.delivered,
+            &k.closed,
+            &k.watched,
+            &k.country_sent,
+            &k.country_approved,
+            &k.spend_country,
+            &k.spend_all,
+        ];
+        assert_eq!(
+            all,
+            [
+                "pp:44:790:sent",
+                "pp:44:790:sent-recent",
+                "pp:44:790:appr",
+                "pp:44:790:dlvr",
+                "pp:44:790:closed",
+                "pp:44:790:watched",
+                "pc:44:sent",
+                "pc:44:appr",
+                "spend:cc:44",
+                "spend:all",
+            ]
+        );
+        assert!(all.iter().all(|k| crate::counters::check_key(k).is_ok()));
+    }
+
     #[test]
     fn prefixes_are_digits_and_never_a_whole_number() {
         let p = Prefix::new(44, "790").unwrap();
