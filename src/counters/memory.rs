@@ -333,10 +333,8 @@ impl Counters for MemoryCounters {
             .iter()
             .map(|(key, rate)| self.gcra_now(key, *rate, 1, now))
             .collect::<CountersResult<Vec<_>>>()?;
-        if !spent.iter().all(|d| d.allowed) {
-            for ((key, rate), _) in limits.iter().zip(&spent).filter(|(_, d)| d.allowed) {
-                self.refund_now(key, *rate, 1, now)?;
-            }
+        for (key, rate) in super::to_give_back(limits, &spent) {
+            self.refund_now(key, *rate, 1, now)?;
         }
         Ok(spent)
     }

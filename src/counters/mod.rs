@@ -247,6 +247,20 @@ fn sliding_estimate(current: u64, previous: u64, window_ms: i64, now: Millis) ->
     current.saturating_add(u64::try_from(weighted).unwrap_or(u64::MAX))
 }
 
+/// What [`Counters::gcra_all`] gives back once the limits are spent: nothing when every
+/// one admitted, otherwise each limit that did admit (a refusal spent nothing).
+fn to_give_back<'a, 'k>(
+    limits: &'a [(&'k str, Rate)],
+    spent: &'a [GcraDecision],
+) -> impl Iterator<Item = &'a (&'k str, Rate)> {
+    let refused = spent.iter().any(|d| !d.allowed);
+    limits
+        .iter()
+        .zip(spent)
+        .filter(move |(_, d)| refused && d.allowed)
+        .map(|(limit, _)| limit)
+}
+
 /// Checks a key against the rules in the module docs.
 pub fn check_key(key: &str) -> CountersResult<()> {
     if key.is_empty() {
@@ -348,13 +362,12 @@ pub trait Counters: Send + Sync + 'static {
                 .await
                 .into_iter()
                 .collect::<Result<_, _>>()?;
-        if spent.iter().all(|d| d.allowed) {
-            return Ok(spent);
-        }
-        let admitted = limits.iter().zip(&spent).filter(|(_, d)| d.allowed);
         let refunds =
-            join_all(admitted.map(|((key, rate), _)| self.gcra_refund(key, *rate, 1, now)));
-        refunds.await.into_iter().collect::<Result<Vec<()>, _>>()?;
+            to_give_back(limits, &spent).map(|(key, rate)| self.gcra_refund(key, *rate, 1, now));
+        join_all(refunds)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()?;
         Ok(spent)
     }
 
