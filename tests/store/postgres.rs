@@ -12,6 +12,11 @@ use sqlx::Row;
 use crate::backend::{Counts, Inspect, Opened, OutboxRow};
 
 pub async fn open(url: String, codes: CodeHasher) -> Opened {
+    open_pg(url, codes).await.1
+}
+
+/// [`open`], with the store as its own type, for tests that read the schema directly.
+pub async fn open_pg(url: String, codes: CodeHasher) -> (Arc<PgStore>, Opened) {
     let schema = format!(
         "rf_conf_{}",
         hex::encode(ringfence::crypto::random_bytes::<6>())
@@ -26,11 +31,14 @@ pub async fn open(url: String, codes: CodeHasher) -> Opened {
             .await
             .expect("RINGFENCE_TEST_POSTGRES_URL is set but PostgreSQL does not answer"),
     );
-    Opened {
+    let opened = Opened {
         store: store.clone(),
-        inspect: Box::new(PostgresInspector { store }),
+        inspect: Box::new(PostgresInspector {
+            store: store.clone(),
+        }),
         keep: Box::new(DropSchema { url, schema }),
-    }
+    };
+    (store, opened)
 }
 
 /// Drops the test's schema when the test is done.

@@ -35,6 +35,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("migrations/0003_lists.sql")),
     (4, include_str!("migrations/0004_prefix.sql")),
     (5, include_str!("migrations/0005_tombstone_index.sql")),
+    (6, include_str!("migrations/0006_hot_references.sql")),
 ];
 
 /// Pool and timeout settings.

@@ -34,9 +34,14 @@ pub(super) async fn run(
     cmds: Vec<StartCmd>,
 ) -> StoreResult<Vec<StoreResult<StartOutcome>>> {
     let keys = lock_keys(&cmds);
+    let services = service_ids(&cmds);
     let mut tx = pool.begin().await?;
-    lock_numbers(&mut tx, &keys).await?;
-    let mut fast = match fast_path(&mut tx, fresh_starts(codes, &cmds)).await {
+    let known = lock_numbers(&mut tx, &keys, &services).await?;
+    let unknown: Vec<bool> = cmds
+        .iter()
+        .map(|c| !known.contains(&c.service_id))
+        .collect();
+    let mut fast = match fast_path(&mut tx, fresh_starts(codes, &cmds, &unknown)).await {
         Ok(fast) => fast,
         // The connection or the server failed: so would everything else.
         Err(e @ StoreError::Unavailable(_)) => return Err(e),
@@ -46,13 +51,20 @@ pub(super) async fn run(
             tracing::warn!(error = %e, starts = cmds.len(), "batched start failed; starting one at a time");
             tx.rollback().await?;
             tx = pool.begin().await?;
-            lock_numbers(&mut tx, &keys).await?;
+            lock_numbers(&mut tx, &keys, &services).await?;
             HashMap::new()
         }
     };
     let mut outs: Vec<Option<StoreResult<StartOutcome>>> = Vec::with_capacity(cmds.len());
     let mut slow = Vec::new();
     for (i, cmd) in cmds.into_iter().enumerate() {
+        if unknown[i] {
+            outs.push(Some(Err(StoreError::Internal(format!(
+                "service {} does not exist",
+                cmd.service_id
+            )))));
+            continue;
+        }
         match fast.remove(&i) {
             Some((row, claimed_message)) => outs.push(Some(Ok(StartOutcome::Started {
                 verification: row,
@@ -90,15 +102,35 @@ fn lock_keys(cmds: &[StartCmd]) -> Vec<i32> {
     keys
 }
 
-/// Takes the advisory locks of the batch's numbers, in the (sorted) order given.
-async fn lock_numbers(tx: &mut Transaction<'_, Postgres>, keys: &[i32]) -> StoreResult<()> {
+/// The services the batch's commands name, each once.
+fn service_ids(cmds: &[StartCmd]) -> Vec<&str> {
+    let mut ids: Vec<&str> = cmds.iter().map(|c| c.service_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Takes the advisory locks of the batch's numbers, in the (sorted) order given, and
+/// returns which of `services` exist, in the same statement. Verifications refer to
+/// their service without a foreign key (migration 0006): this read, which locks
+/// nothing, is what makes a start on an unknown service fail. Services are never
+/// deleted, so what it found stays true until the commit.
+async fn lock_numbers(
+    tx: &mut Transaction<'_, Postgres>,
+    keys: &[i32],
+    services: &[&str],
+) -> StoreResult<HashSet<String>> {
     // `unnest` yields the array in order, and the locks are taken row by row.
-    sqlx::query("SELECT count(pg_advisory_xact_lock($1, k)) FROM unnest($2::int4[]) AS k")
-        .bind(LOCK_SUBJECT)
-        .bind(keys)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+    let (_locked, known): (i64, Vec<String>) = sqlx::query_as(
+        "SELECT locked.n, ARRAY(SELECT id FROM services WHERE id = ANY($3))
+         FROM (SELECT count(pg_advisory_xact_lock($1, k)) AS n FROM unnest($2::int4[]) AS k) AS locked",
+    )
+    .bind(LOCK_SUBJECT)
+    .bind(keys)
+    .bind(services)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(known.into_iter().collect())
 }
 
 /// Locks, in id order, the pending verifications of the numbers the slow path handles:
@@ -161,12 +193,16 @@ struct FreshStart<'a> {
 }
 
 /// The first start of each number of the batch, among those without an
-/// Idempotency-Key, in batch order.
-fn fresh_starts<'a>(codes: &CodeHasher, cmds: &'a [StartCmd]) -> Vec<FreshStart<'a>> {
+/// Idempotency-Key and on a service that exists (`unknown` is false), in batch order.
+fn fresh_starts<'a>(
+    codes: &CodeHasher,
+    cmds: &'a [StartCmd],
+    unknown: &[bool],
+) -> Vec<FreshStart<'a>> {
     let mut seen = HashSet::new();
     cmds.iter()
         .enumerate()
-        .filter(|(_, c)| c.idempotency.is_none() && seen.insert(c.blind_index.0))
+        .filter(|&(i, c)| !unknown[i] && c.idempotency.is_none() && seen.insert(c.blind_index.0))
         .map(|(pos, c)| {
             let expires_at = c.now + i64::from(c.config.ttl_seconds) * 1000;
             FreshStart {
