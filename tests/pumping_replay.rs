@@ -10,6 +10,7 @@
 //! (`-- --nocapture`) and are the ones in `docs/abuse.md`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -289,10 +290,7 @@ async fn redis(namespace: &str) -> Option<Arc<dyn Counters>> {
     c.ping().await.unwrap_or_else(|e| {
         panic!("RINGFENCE_TEST_REDIS_URL is set but Redis does not answer: {e}")
     });
-    Some(Arc::new(Namespaced {
-        inner: Arc::new(c),
-        namespace: namespace.to_owned(),
-    }))
+    Some(Arc::new(Namespaced::new(Arc::new(c), namespace)))
 }
 
 fn fresh_namespace() -> String {
@@ -300,15 +298,32 @@ fn fresh_namespace() -> String {
 }
 
 /// Prefixes every key, so that runs sharing one Redis (the trace's times are fixed,
-/// and closures outlive a run) never see each other's state.
+/// and closures outlive a run) never see each other's state. Counts the reads of
+/// stored values (one per assessment that reads the counters), which may be slowed
+/// down to make concurrent assessments overlap.
 struct Namespaced {
     inner: Arc<dyn Counters>,
     namespace: String,
+    value_reads: AtomicUsize,
+    read_delay: Duration,
 }
 
 impl Namespaced {
+    fn new(inner: Arc<dyn Counters>, namespace: &str) -> Self {
+        Self {
+            inner,
+            namespace: namespace.to_owned(),
+            value_reads: AtomicUsize::new(0),
+            read_delay: Duration::ZERO,
+        }
+    }
+
     fn key(&self, key: &str) -> String {
         format!("{}:{key}", self.namespace)
+    }
+
+    fn value_reads(&self) -> usize {
+        self.value_reads.load(Ordering::SeqCst)
     }
 }
 
@@ -365,6 +380,8 @@ impl Counters for Namespaced {
     }
 
     async fn get_value(&self, key: &str, now: Millis) -> CountersResult<Option<String>> {
+        self.value_reads.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.read_delay).await;
         self.inner.get_value(&self.key(key), now).await
     }
 
@@ -374,6 +391,11 @@ impl Counters for Namespaced {
 
     fn backend(&self) -> &'static str {
         self.inner.backend()
+    }
+
+    /// Slowed-down reads are shared like a server's.
+    fn remote(&self) -> bool {
+        self.inner.remote() || !self.read_delay.is_zero()
     }
 }
 
@@ -595,6 +617,61 @@ async fn budgets_trip_the_breaker_until_the_day_ends(ca: Arc<dyn Counters>, cb: 
     let m = PumpingDetector::new(ca, policy(Mode::Monitor));
     let v = m.assess(&uz, t0 + 50).await.unwrap().verdict;
     assert!(matches!(v, Verdict::Watched(_)) && v.allows(), "{v:?}");
+}
+
+/// Memory counters whose stored-value reads take 50 ms, and a detector on them.
+fn slow_reads() -> (Arc<Namespaced>, PumpingDetector) {
+    let c = Arc::new(Namespaced {
+        read_delay: Duration::from_millis(50),
+        ..Namespaced::new(memory(), "flights")
+    });
+    let d = PumpingDetector::new(c.clone(), PumpingPolicy::default());
+    (c, d)
+}
+
+/// Concurrent assessments of one prefix share one reading of the counters (a busy
+/// prefix is read once per round trip, not once per send); another prefix has its own,
+/// and an assessment after the reading ended reads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_assessments_of_a_prefix_share_one_reading() {
+    let (c, d) = slow_reads();
+    let (prefix, other) = (
+        Prefix::new(44, "790").unwrap(),
+        Prefix::new(44, "791").unwrap(),
+    );
+    let now: Millis = 1_767_225_600_000;
+    let crowd = futures::future::join_all((0..10).map(|_| d.assess(&prefix, now)));
+    let (crowd, alone) = tokio::join!(crowd, d.assess(&other, now));
+    for a in crowd.into_iter().chain([alone]) {
+        assert_eq!(a.unwrap().verdict, Verdict::Open);
+    }
+    assert_eq!(c.value_reads(), 2, "one reading per prefix");
+    d.assess(&prefix, now + 1).await.unwrap();
+    assert_eq!(c.value_reads(), 3, "the shared reading ended: a new one");
+}
+
+/// When the assessment that reads goes away mid-read (its request was dropped), one
+/// that waits for its verdict reads instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_assessment_reads_when_the_reader_goes_away() {
+    let (c, d) = slow_reads();
+    let prefix = Prefix::new(44, "790").unwrap();
+    let now: Millis = 1_767_225_600_000;
+    let mut reader = Box::pin(d.assess(&prefix, now));
+    let mut waiter = Box::pin(d.assess(&prefix, now));
+    let tick = Duration::from_millis(10);
+    assert!(
+        tokio::time::timeout(tick, &mut reader).await.is_err(),
+        "reading"
+    );
+    assert!(
+        tokio::time::timeout(tick, &mut waiter).await.is_err(),
+        "waiting"
+    );
+    assert_eq!(c.value_reads(), 1);
+    drop(reader);
+    assert_eq!(waiter.await.unwrap().verdict, Verdict::Open);
+    assert_eq!(c.value_reads(), 2, "the waiter read");
 }
 
 macro_rules! on_both_backends {

@@ -41,7 +41,7 @@ pub mod trace;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::clock::Millis;
 use crate::counters::{window_of, Counters, CountersError, CountersResult};
@@ -426,12 +426,19 @@ pub struct Assessment {
     pub events: Vec<Event>,
 }
 
-/// The detector. Cheap to clone; holds no state of its own.
+/// The detector. Cheap to clone; its state is in the counters, apart from the
+/// assessments in flight that concurrent callers share.
 #[derive(Clone)]
 pub struct PumpingDetector {
     counters: Arc<dyn Counters>,
     policy: Arc<PumpingPolicy>,
+    flights: Arc<Mutex<HashMap<Prefix, Arc<Flight>>>>,
 }
+
+/// One prefix's assessment in flight: the first caller reads the counters, and callers
+/// for the same prefix that come while it reads take its verdict (see
+/// [`PumpingDetector::assess`]).
+type Flight = tokio::sync::OnceCell<CountersResult<Verdict>>;
 
 impl fmt::Debug for PumpingDetector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -482,6 +489,7 @@ impl PumpingDetector {
         Self {
             counters,
             policy: Arc::new(policy),
+            flights: Default::default(),
         }
     }
 
@@ -566,7 +574,47 @@ impl PumpingDetector {
     /// Whether a message to `prefix` may be sent now. Closes the prefix (and says so
     /// in the events) when its conversion has collapsed. An error means the counters
     /// could not answer: treat it as closed.
+    ///
+    /// On counters in a server (Redis), concurrent assessments of one prefix share one
+    /// reading: a call that comes while another reads takes that reading's verdict,
+    /// without the events (they are the reader's to report, once). A busy prefix is
+    /// then read once per round trip instead of once per send; a verdict is at most
+    /// one read old, as any verdict is by the time its send goes out. Should the
+    /// reader's request go away mid-read, a waiting caller reads instead. In-process
+    /// counters are read by every call: waiting would cost more than reading.
     pub async fn assess(&self, prefix: &Prefix, now: Millis) -> CountersResult<Assessment> {
+        if !self.counters.remote() {
+            return self.read(prefix, now).await;
+        }
+        let flight = {
+            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            flights.entry(prefix.clone()).or_default().clone()
+        };
+        let mut events = None;
+        let verdict = flight
+            .get_or_init(|| async {
+                self.read(prefix, now).await.map(|a| {
+                    events = Some(a.events);
+                    a.verdict
+                })
+            })
+            .await
+            .clone();
+        {
+            // The first caller back ends the flight: later ones read afresh.
+            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            if flights.get(prefix).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+                flights.remove(prefix);
+            }
+        }
+        Ok(Assessment {
+            verdict: verdict?,
+            events: events.unwrap_or_default(),
+        })
+    }
+
+    /// [`Self::assess`] itself: reads the counters and judges.
+    async fn read(&self, prefix: &Prefix, now: Millis) -> CountersResult<Assessment> {
         let p = &self.policy;
         let c = &*self.counters;
         let cc = prefix.country_code();

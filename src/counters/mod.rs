@@ -472,6 +472,14 @@ pub trait Counters: Send + Sync + 'static {
 
     /// `"memory"` or `"redis"`, for logs and metrics.
     fn backend(&self) -> &'static str;
+
+    /// Whether a reading is a round trip to a server, rather than a look-up in this
+    /// process. Concurrent callers that need the same reading share it only then (see
+    /// `PumpingDetector::assess`): waiting for another caller's reading costs a
+    /// wake-up, more than a local look-up.
+    fn remote(&self) -> bool {
+        false
+    }
 }
 
 /// Which backend to use, parsed from configuration: `memory` (the default: one

@@ -432,4 +432,8 @@ impl Counters for RedisCounters {
     fn backend(&self) -> &'static str {
         "redis"
     }
+
+    fn remote(&self) -> bool {
+        true
+    }
 }
