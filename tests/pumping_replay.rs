@@ -7,7 +7,9 @@
 //! It runs on the memory counters always, and on Redis — two detector instances
 //! sharing it, taking turns event by event — whenever `RINGFENCE_TEST_REDIS_URL` is
 //! set; both replays must give exactly the same figures. The figures are printed
-//! (`-- --nocapture`) and are the ones in `docs/abuse.md`.
+//! (`-- --nocapture`) and are the ones in `docs/abuse.md`. Beside the replays: closing
+//! and the spend breaker seen by two instances, and concurrent assessments of one
+//! prefix sharing one reading of the counters.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
