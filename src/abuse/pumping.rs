@@ -432,8 +432,12 @@ pub struct Assessment {
 pub struct PumpingDetector {
     counters: Arc<dyn Counters>,
     policy: Arc<PumpingPolicy>,
-    flights: Arc<Mutex<HashMap<Prefix, Arc<Flight>>>>,
+    /// The assessments in flight, by prefix: only on counters in a server
+    /// ([`Counters::remote`]); in-process counters are read by every call.
+    flights: Option<Arc<Flights>>,
 }
+
+type Flights = Mutex<HashMap<Prefix, Arc<Flight>>>;
 
 /// One prefix's assessment in flight: the first caller reads the counters, and callers
 /// for the same prefix that come while it reads take its verdict (see
@@ -487,9 +491,9 @@ impl Keys {
 impl PumpingDetector {
     pub fn new(counters: Arc<dyn Counters>, policy: PumpingPolicy) -> Self {
         Self {
+            flights: counters.remote().then(Default::default),
             counters,
             policy: Arc::new(policy),
-            flights: Default::default(),
         }
     }
 
@@ -583,11 +587,11 @@ impl PumpingDetector {
     /// reader's request go away mid-read, a waiting caller reads instead. In-process
     /// counters are read by every call: waiting would cost more than reading.
     pub async fn assess(&self, prefix: &Prefix, now: Millis) -> CountersResult<Assessment> {
-        if !self.counters.remote() {
+        let Some(flights) = &self.flights else {
             return self.read(prefix, now).await;
-        }
+        };
         let flight = {
-            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            let mut flights = flights.lock().unwrap_or_else(|e| e.into_inner());
             flights.entry(prefix.clone()).or_default().clone()
         };
         let mut events = None;
@@ -602,7 +606,7 @@ impl PumpingDetector {
             .clone();
         {
             // The first caller back ends the flight: later ones read afresh.
-            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            let mut flights = flights.lock().unwrap_or_else(|e| e.into_inner());
             if flights.get(prefix).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
                 flights.remove(prefix);
             }
