@@ -23,6 +23,21 @@ fn memory() -> Arc<dyn Counters> {
     Arc::new(MemoryCounters::default())
 }
 
+/// Runs `n` calls of `task` at once, each on a Tokio task of its own, and returns
+/// their results.
+async fn race<T, F>(n: usize, task: impl Fn() -> F) -> Vec<T>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let tasks: Vec<_> = (0..n).map(|_| tokio::spawn(task())).collect();
+    futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.expect("a racing task"))
+        .collect()
+}
+
 /// The Redis under test, or `None` when `RINGFENCE_TEST_REDIS_URL` is unset. Panics if
 /// it is set and Redis does not answer.
 async fn redis() -> Option<Arc<dyn Counters>> {
@@ -73,6 +88,7 @@ conformance!(
     gcra_cost_spends_several_or_nothing,
     gcra_refund_gives_back_but_never_builds_credit,
     gcra_is_atomic_under_concurrency,
+    racing_spends_given_back_leave_the_full_budget,
     gcra_all_spends_every_key_or_none,
     gcra_all_is_exact_under_concurrency,
     windows_count_and_expire_with_the_window,
@@ -191,26 +207,21 @@ async fn gcra_all_is_exact_under_concurrency(c: Arc<dyn Counters>) {
     let now = ManualClock::starting_now().now();
     let p = prefix();
     let (small, large) = (format!("{p}:small"), format!("{p}:large"));
-    let tasks: Vec<_> = (0..50)
-        .map(|_| {
-            let (c, small, large) = (c.clone(), small.clone(), large.clone());
-            tokio::spawn(async move {
-                let d = c
-                    .gcra_all(
-                        &[(&large, Rate::per_hour(1000)), (&small, Rate::per_hour(10))],
-                        now,
-                    )
-                    .await
-                    .unwrap();
-                d.iter().all(|d| d.allowed)
-            })
-        })
-        .collect();
-    let admitted = futures::future::join_all(tasks)
-        .await
-        .into_iter()
-        .filter(|r| *r.as_ref().unwrap())
-        .count();
+    let admitted = race(50, || {
+        let (c, small, large) = (c.clone(), small.clone(), large.clone());
+        async move {
+            let d = c
+                .gcra_all(
+                    &[(&large, Rate::per_hour(1000)), (&small, Rate::per_hour(10))],
+                    now,
+                )
+                .await
+                .unwrap();
+            d.iter().all(|d| d.allowed)
+        }
+    })
+    .await;
+    let admitted = admitted.into_iter().filter(|a| *a).count();
     assert_eq!(admitted, 10);
     let d = c.gcra(&large, Rate::per_hour(1000), now).await.unwrap();
     assert_eq!(d.remaining, 1000 - 10 - 1);
@@ -313,16 +324,14 @@ async fn gcra_is_atomic_under_concurrency(c: Arc<dyn Counters>) {
     let now = ManualClock::starting_now().now();
     let key = format!("{}:prefix", prefix());
     let rate = Rate::per_hour(50);
-    let tasks: Vec<_> = (0..200)
-        .map(|_| {
-            let (c, key) = (c.clone(), key.clone());
-            tokio::spawn(async move { c.gcra(&key, rate, now).await.unwrap() })
-        })
-        .collect();
+    let decisions = race(200, || {
+        let (c, key) = (c.clone(), key.clone());
+        async move { c.gcra(&key, rate, now).await.unwrap() }
+    })
+    .await;
     let mut remaining: Vec<u32> = Vec::new();
     let mut refused = 0;
-    for d in futures::future::join_all(tasks).await {
-        let d = d.unwrap();
+    for d in decisions {
         if d.allowed {
             remaining.push(d.remaining);
         } else {
@@ -334,6 +343,30 @@ async fn gcra_is_atomic_under_concurrency(c: Arc<dyn Counters>) {
     // Each admitted request saw a distinct state: the remainders are 49, 48, …, 0.
     remaining.sort_unstable();
     assert_eq!(remaining, (0..50).collect::<Vec<u32>>());
+}
+
+/// 100 racing requests on a burst of 10, each giving back what it spent (a right code
+/// returning its reserved guess): at least the burst is admitted, and once all are
+/// done the budget is whole again, as after the same calls one by one.
+async fn racing_spends_given_back_leave_the_full_budget(c: Arc<dyn Counters>) {
+    let now = ManualClock::starting_now().now();
+    let key = format!("{}:guess", prefix());
+    let rate = Rate::per_hour(10);
+    let admitted = race(100, || {
+        let (c, key) = (c.clone(), key.clone());
+        async move {
+            let d = c.gcra(&key, rate, now).await.unwrap();
+            if d.allowed {
+                c.gcra_refund(&key, rate, 1, now).await.unwrap();
+            }
+            d.allowed
+        }
+    })
+    .await;
+    let admitted = admitted.into_iter().filter(|a| *a).count();
+    assert!(admitted >= 10, "{admitted} admitted");
+    let d = c.gcra(&key, rate, now).await.unwrap();
+    assert_eq!((d.allowed, d.remaining), (true, 9));
 }
 
 async fn windows_count_and_expire_with_the_window(c: Arc<dyn Counters>) {

@@ -1,13 +1,14 @@
 //! Counters in Redis: one state for many instances.
 //!
 //! * **Atomicity** comes from Redis running each Lua script, and each MULTI … EXEC, as
-//!   one step: the GCRA read-decide-write is a script (the several limits of one
-//!   request one script over their keys, all or nothing), window counts a transaction
-//!   of INCRBY + PEXPIRE per key (a script costs Redis ~10 µs a call, such a
-//!   transaction ~2 µs). Concurrent window counts share one transaction
-//!   (`windows.rs`): each caller gets the counts it would have seen alone, in turn.
-//!   Scripts are sent with EVALSHA, and the crate falls back to EVAL (loading the
-//!   script) when the server does not know it.
+//!   one step. Concurrent callers share them (`batch.rs`): one task per kind takes
+//!   every call waiting, sends them as one request and answers each caller with what
+//!   it would have got alone, in turn. GCRA spends and refunds are one script over
+//!   the batch's keys (`gcra.rs`; the several limits of one request all or nothing,
+//!   each key read once and written once); window counts one transaction of INCRBY +
+//!   PEXPIRE per distinct key (`windows.rs`; a script costs Redis ~10 µs a call, such
+//!   a transaction ~2 µs). Scripts are sent with EVALSHA, and the crate falls back to
+//!   EVAL (loading the script) when the server does not know it.
 //! * **One node.** Batches span keys of different hash slots (`gcra_all`, `MGET`,
 //!   multi-key transactions), and the connection is to one endpoint: Redis Cluster is
 //!   not supported (see docs/deployment.md).
@@ -29,6 +30,8 @@
 //!   `maxmemory-policy volatile-ttl`: every key here has a TTL, and that policy evicts
 //!   the one closest to expiry first, as the memory backend does.
 
+mod batch;
+mod gcra;
 mod windows;
 
 use std::future::Future;
@@ -38,7 +41,9 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 
-use self::windows::{Failure, Incr, WindowBatcher};
+use self::batch::{Batch, Batcher, Failure};
+use self::gcra::{Found, Gcra, Limit, Op};
+use self::windows::{Incr, Windows};
 use super::{
     check_key, check_ttl, check_value, check_window, gcra_step, redact, window_of, Counters,
     CountersError, CountersResult, GcraDecision, Rate, Stored,
@@ -47,56 +52,6 @@ use crate::clock::Millis;
 
 /// The bound on one command, connecting included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
-
-/// The GCRA rule of [`gcra_step`], applied atomically to one or several keys, all or
-/// nothing: every key's TAT is read and decided; only if every one admits are they all
-/// written. Rust computes the intervals (times the cost) and bursts; the script only
-/// adds and compares integers (exact in Lua's doubles below 2^53, i.e. TATs in µs until
-/// the year 2255). A key's state means nothing once its TAT has passed: Redis forgets
-/// it then. Returns `{admitted (1 or 0), {the TAT found per key, '' if none}}`.
-const GCRA_LUA: &str = r#"
--- KEYS: the keys' TATs (µs)  ARGV[1]: now (µs)
--- ARGV[2i], ARGV[2i+1]: key i's interval * cost (µs) and burst (µs)
-local now = tonumber(ARGV[1])
-local found = {}
-local new_tats = {}
-local admitted = 1
-for i = 1, #KEYS do
-  local stored = redis.call('GET', KEYS[i])
-  local tat = now
-  if stored then
-    local seen = tonumber(stored)
-    if seen > tat then tat = seen end
-  else
-    stored = ''
-  end
-  found[i] = stored
-  new_tats[i] = tat + tonumber(ARGV[2 * i])
-  if new_tats[i] - tonumber(ARGV[2 * i + 1]) > now then admitted = 0 end
-end
-if admitted == 1 then
-  for i = 1, #KEYS do
-    local ttl_ms = math.floor((new_tats[i] - now) / 1000) + 1
-    redis.call('SET', KEYS[i], string.format('%.0f', new_tats[i]), 'PX', string.format('%.0f', ttl_ms))
-  end
-end
-return {admitted, found}
-"#;
-
-const GCRA_REFUND_LUA: &str = r#"
--- KEYS[1]: the key's TAT (µs)  ARGV[1]: now (µs)  ARGV[2]: interval * cost (µs)
-local stored = redis.call('GET', KEYS[1])
-if not stored then return 0 end
-local now = tonumber(ARGV[1])
-local tat = tonumber(stored) - tonumber(ARGV[2])
-if tat <= now then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-local ttl_ms = math.floor((tat - now) / 1000) + 1
-redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', string.format('%.0f', ttl_ms))
-return 1
-"#;
 
 /// Set-if-absent with an expiry in caller time, in one step. Comparing the stored
 /// expiry with the caller's `now` (rather than relying on the TTL alone) makes the
@@ -129,24 +84,13 @@ fn window_key(key: &str, window_ms: i64, at: Millis) -> CountersResult<(String, 
     ))
 }
 
-/// A TAT as a GCRA script found it: '' when the key held none.
-fn stored_tat(stored: &str) -> CountersResult<Option<i64>> {
-    match stored {
-        "" => Ok(None),
-        s => s
-            .parse::<i64>()
-            .map(Some)
-            .map_err(|_| CountersError::Backend("redis gcra: stored TAT is not an integer".into())),
-    }
-}
-
 pub struct RedisCounters {
     conn: ConnectionManager,
+    /// GCRA operations go through one task that runs concurrent ones as one script.
+    gcra: Batcher<Gcra>,
     /// Window counts go through one task that merges concurrent ones.
-    windows: WindowBatcher,
+    windows: Batcher<Windows>,
     timeout: Duration,
-    gcra: Script,
-    gcra_refund: Script,
     put_if_absent: Script,
     /// The URL with any password hidden, for error messages.
     target: String,
@@ -182,62 +126,75 @@ impl RedisCounters {
             .set_max_delay(timeout);
         let conn = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| CountersError::Unavailable(format!("redis {target}: {e}")))?;
-        let windows = {
-            let target = target.clone();
-            WindowBatcher::spawn(conn.clone(), timeout, move |failure| match failure {
-                Failure::Redis(e) => classify(&target, "incr_windows", &e),
-                Failure::Timeout => no_answer(&target, "incr_windows", timeout),
-                Failure::WrongCount => CountersError::Backend(
-                    "redis incr_windows: the transaction answered the wrong number of counts"
-                        .into(),
-                ),
-            })
-        };
+        let gcra = Batcher::spawn(
+            Gcra::new(),
+            conn.clone(),
+            timeout,
+            describe(&target, "gcra", timeout),
+        );
+        let windows = Batcher::spawn(
+            Windows,
+            conn.clone(),
+            timeout,
+            describe(&target, "incr_windows", timeout),
+        );
         Ok(Self {
             conn,
+            gcra,
             windows,
             timeout,
-            gcra: Script::new(GCRA_LUA),
-            gcra_refund: Script::new(GCRA_REFUND_LUA),
             put_if_absent: Script::new(PUT_IF_ABSENT_LUA),
             target,
         })
     }
 
-    /// [`GCRA_LUA`] on `limits`, spending `cost` on each, all or nothing.
-    async fn gcra_script(
+    /// Spends `cost` on each of `limits`, all or nothing, in the next GCRA batch.
+    async fn gcra_spend(
         &self,
         limits: &[(&str, Rate)],
         cost: u32,
         now: Millis,
     ) -> CountersResult<Vec<GcraDecision>> {
-        let mut call = self.gcra.prepare_invoke();
-        call.arg(now.saturating_mul(1000));
-        for (key, rate) in limits {
-            check_key(key)?;
-            call.key(format!("rf:g:{key}"));
-            call.arg(rate.interval_us().saturating_mul(i64::from(cost)))
-                .arg(rate.burst_us());
-        }
-        let mut conn = self.conn.clone();
-        let (admitted, found): (i64, Vec<String>) =
-            self.run("gcra", call.invoke_async(&mut conn)).await?;
-        if found.len() != limits.len() {
-            return Err(CountersError::Backend(
-                "redis gcra: the script answered the wrong number of keys".into(),
-            ));
-        }
-        let decisions = limits
+        let limits_us = limits
             .iter()
-            .zip(&found)
-            .map(|((_, rate), stored)| Ok(gcra_step(stored_tat(stored)?, *rate, now, cost).0))
-            .collect::<CountersResult<Vec<GcraDecision>>>()?;
-        if decisions.iter().all(|d| d.allowed) != (admitted == 1) {
+            .map(|(key, rate)| {
+                check_key(key)?;
+                Ok(Limit {
+                    key: format!("rf:g:{key}"),
+                    step: rate.interval_us().saturating_mul(i64::from(cost)),
+                    burst: rate.burst_us(),
+                })
+            })
+            .collect::<CountersResult<Vec<Limit>>>()?;
+        let op = Op::Spend {
+            now_us: now.saturating_mul(1000),
+            limits: limits_us,
+        };
+        let Found { admitted, tats } = self.batched("gcra", &self.gcra, op).await?;
+        let decisions: Vec<GcraDecision> = limits
+            .iter()
+            .zip(tats)
+            .map(|((_, rate), tat)| gcra_step(tat, *rate, now, cost).0)
+            .collect();
+        if decisions.iter().all(|d| d.allowed) != admitted {
             return Err(CountersError::Backend(
                 "redis gcra: script and gcra_step disagree".into(),
             ));
         }
         Ok(decisions)
+    }
+
+    /// Runs `call` in `batcher`'s next batch, under the timeout.
+    async fn batched<B: Batch>(
+        &self,
+        what: &'static str,
+        batcher: &Batcher<B>,
+        call: B::Call,
+    ) -> CountersResult<B::Answer> {
+        match tokio::time::timeout(self.timeout, batcher.call(call)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(no_answer(&self.target, what, self.timeout)),
+        }
     }
 
     /// Runs one command under the timeout, mapping failures to typed errors. Messages
@@ -265,6 +222,22 @@ fn classify(target: &str, what: &str, e: &RedisError) -> CountersError {
     }
 }
 
+/// How a batcher's failure reads to each of its callers.
+fn describe(
+    target: &str,
+    what: &'static str,
+    timeout: Duration,
+) -> impl Fn(Failure) -> CountersError + Send + 'static {
+    let target = target.to_owned();
+    move |failure| match failure {
+        Failure::Redis(e) => classify(&target, what, &e),
+        Failure::Timeout => no_answer(&target, what, timeout),
+        Failure::WrongCount => CountersError::Backend(format!(
+            "redis {what}: Redis answered the wrong number of items"
+        )),
+    }
+}
+
 fn no_answer(target: &str, what: &str, timeout: Duration) -> CountersError {
     CountersError::Unavailable(format!(
         "redis {target} {what}: no answer within {} ms",
@@ -281,7 +254,7 @@ impl Counters for RedisCounters {
         cost: u32,
         now: Millis,
     ) -> CountersResult<GcraDecision> {
-        Ok(self.gcra_script(&[(key, rate)], cost, now).await?.remove(0))
+        Ok(self.gcra_spend(&[(key, rate)], cost, now).await?.remove(0))
     }
 
     async fn gcra_all(
@@ -292,7 +265,7 @@ impl Counters for RedisCounters {
         if limits.is_empty() {
             return Ok(Vec::new());
         }
-        self.gcra_script(limits, 1, now).await
+        self.gcra_spend(limits, 1, now).await
     }
 
     async fn gcra_refund(
@@ -303,13 +276,12 @@ impl Counters for RedisCounters {
         now: Millis,
     ) -> CountersResult<()> {
         check_key(key)?;
-        let mut conn = self.conn.clone();
-        let mut call = self.gcra_refund.key(format!("rf:g:{key}"));
-        call.arg(now.saturating_mul(1000))
-            .arg(rate.interval_us().saturating_mul(i64::from(cost)));
-        let _: i64 = self
-            .run("gcra refund", call.invoke_async(&mut conn))
-            .await?;
+        let op = Op::Refund {
+            now_us: now.saturating_mul(1000),
+            key: format!("rf:g:{key}"),
+            step: rate.interval_us().saturating_mul(i64::from(cost)),
+        };
+        self.batched("gcra refund", &self.gcra, op).await?;
         Ok(())
     }
 
@@ -367,10 +339,7 @@ impl Counters for RedisCounters {
                 })
             })
             .collect::<CountersResult<Vec<Incr>>>()?;
-        match tokio::time::timeout(self.timeout, self.windows.incr(incrs)).await {
-            Ok(counts) => counts,
-            Err(_) => Err(no_answer(&self.target, "incr_windows", self.timeout)),
-        }
+        self.batched("incr_windows", &self.windows, incrs).await
     }
 
     async fn put_if_absent(

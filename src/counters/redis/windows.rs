@@ -1,23 +1,15 @@
 //! Window counts of concurrent callers, in one transaction.
 //!
-//! Every request of a busy instance counts something (a send, a delivery, an approval),
-//! and each count is a round trip: encoding, a write to the socket, a wake-up for the
-//! answer. The batcher is one task that takes every count waiting for it, merges them
-//! into one `MULTI` (one `INCRBY` and one `PEXPIRE` per distinct key) and answers each
-//! caller with the counts it would have seen had the calls run one after another, in
-//! the order they reached the task. One batch is in flight at a time, so batches grow
-//! with the load: alone, a call is its own batch, as before.
+//! Every request of a busy instance counts something (a send, a delivery, an approval).
+//! [`Windows`] merges the counts of a batch (see [`super::batch`]) into one `MULTI`:
+//! one `INCRBY` and one `PEXPIRE` per distinct key, and answers each caller with the
+//! counts it would have seen had the calls run one after another, in order.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use tokio::sync::{mpsc, oneshot};
 
-use super::super::{CountersError, CountersResult};
-
-/// At most this many callers share a transaction.
-const MAX_CALLS: usize = 512;
+use super::batch::{Batch, Failure};
 
 /// One window key to count: the Redis key, how long to keep it, by how much.
 pub(super) struct Incr {
@@ -26,60 +18,26 @@ pub(super) struct Incr {
     pub by: u64,
 }
 
-struct Call {
-    incrs: Vec<Incr>,
-    reply: oneshot::Sender<CountersResult<Vec<u64>>>,
-}
+/// Window counts as a [`Batch`]: a call is the increments of one caller, its answer
+/// each one's count after it.
+pub(super) struct Windows;
 
-/// The handle callers count through; dropping the last one ends the task.
-pub(super) struct WindowBatcher {
-    tx: mpsc::UnboundedSender<Call>,
-}
+impl Batch for Windows {
+    type Call = Vec<Incr>;
+    type Answer = Vec<u64>;
 
-impl WindowBatcher {
-    /// Starts the task on the current Tokio runtime. `describe` turns a failure into
-    /// the error every caller of the failed batch gets.
-    pub fn spawn(
-        conn: ConnectionManager,
-        timeout: Duration,
-        describe: impl Fn(Failure) -> CountersError + Send + 'static,
-    ) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(drive(rx, conn, timeout, describe));
-        Self { tx }
+    const MAX_WEIGHT: usize = 2048;
+
+    fn weight(call: &Vec<Incr>) -> usize {
+        call.len()
     }
 
-    /// Counts `incrs` and returns each one's count after it, in order.
-    pub async fn incr(&self, incrs: Vec<Incr>) -> CountersResult<Vec<u64>> {
-        let (reply, answer) = oneshot::channel();
-        let stopped = || CountersError::Unavailable("redis: the counting task has stopped".into());
-        self.tx.send(Call { incrs, reply }).map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
-    }
-}
-
-/// Why a batch failed, for [`WindowBatcher::spawn`]'s `describe`.
-pub(super) enum Failure {
-    Redis(redis::RedisError),
-    Timeout,
-    WrongCount,
-}
-
-async fn drive(
-    mut rx: mpsc::UnboundedReceiver<Call>,
-    mut conn: ConnectionManager,
-    timeout: Duration,
-    describe: impl Fn(Failure) -> CountersError,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut calls = vec![first];
-        while calls.len() < MAX_CALLS {
-            match rx.try_recv() {
-                Ok(call) => calls.push(call),
-                Err(_) => break,
-            }
-        }
-        let plan = Plan::of(calls.iter().map(|c| c.incrs.as_slice()));
+    async fn run(
+        &self,
+        conn: &mut ConnectionManager,
+        calls: &[Vec<Incr>],
+    ) -> Result<Vec<Vec<u64>>, Failure> {
+        let plan = Plan::of(calls.iter().map(Vec::as_slice));
         let mut tx = redis::pipe();
         tx.atomic();
         for key in &plan.keys {
@@ -87,26 +45,11 @@ async fn drive(
                 .pexpire(&key.key, key.keep_ms)
                 .ignore();
         }
-        let outcome =
-            match tokio::time::timeout(timeout, tx.query_async::<Vec<i64>>(&mut conn)).await {
-                Ok(Ok(finals)) if finals.len() == plan.keys.len() => Ok(finals),
-                Ok(Ok(_)) => Err(describe(Failure::WrongCount)),
-                Ok(Err(e)) => Err(describe(Failure::Redis(e))),
-                Err(_) => Err(describe(Failure::Timeout)),
-            };
-        match outcome {
-            Ok(finals) => {
-                for (call, counts) in calls.into_iter().zip(plan.counts(&finals)) {
-                    // A caller that gave up (its own timeout) no longer listens.
-                    let _ = call.reply.send(Ok(counts));
-                }
-            }
-            Err(e) => {
-                for call in calls {
-                    let _ = call.reply.send(Err(e.clone()));
-                }
-            }
+        let finals: Vec<i64> = tx.query_async(conn).await.map_err(Failure::Redis)?;
+        if finals.len() != plan.keys.len() {
+            return Err(Failure::WrongCount);
         }
+        Ok(plan.counts(&finals))
     }
 }
 

@@ -1,0 +1,352 @@
+//! GCRA spends and refunds of concurrent callers, in one script.
+//!
+//! A start spends several limits at once and a check reserves a guess and often gives
+//! it back; each was a script call of its own, and the limits of a service or a
+//! country are the same few keys for every caller. [`Gcra`] runs a whole batch (see
+//! [`super::batch`]) as one call of [`GCRA_LUA`]: every distinct key is read once,
+//! the operations are applied in order to what the earlier ones left, and each key
+//! written is written once, at the end. A caller gets the TATs its operation found,
+//! exactly as if it had run alone at its place in the order.
+
+use std::collections::HashMap;
+
+use redis::aio::ConnectionManager;
+use redis::Script;
+
+use super::batch::{Batch, Failure};
+
+/// The GCRA rule of [`gcra_step`](super::super::gcra_step) applied to a batch of
+/// operations, in order, as one atomic step. A spend reads each of its keys' TATs
+/// (`tat = max(stored, now)`, `new_tat = tat + step`, admitted iff `new_tat - burst <=
+/// now` for every key) and writes them only if every key admits; a refund moves its
+/// key's TAT back by `step`, forgetting it once that reaches `now`. Rust computes the
+/// steps (interval times cost) and bursts; the script only adds and compares integers
+/// (exact in Lua's doubles below 2^53, i.e. TATs in µs until the year 2255). Returns,
+/// per operation, `{admitted (1 or 0), {the TAT found per key, nil if none}}`; a
+/// refund's is `{1, {}}`. Keys are read with `MGET` in slices, as Lua's `unpack`
+/// has a bounded stack.
+const GCRA_LUA: &str = r#"
+-- KEYS: the batch's distinct keys, each holding a TAT (µs)
+-- ARGV: the operations in order, each `kind now n` and then n triples `key step burst`
+--   (key: an index into KEYS; µs): kind 1 spends `step` on each key if each admits;
+--   kind 0 gives `step` back on its one key (burst unused).
+local tats = {}
+for i = 1, #KEYS, 1000 do
+  local got = redis.call('MGET', unpack(KEYS, i, math.min(i + 999, #KEYS)))
+  for j = 1, #got do
+    tats[i + j - 1] = got[j] and tonumber(got[j])
+  end
+end
+local written = {}
+local answers = {}
+local a = 1
+while a <= #ARGV do
+  local kind, now, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local first = a + 3
+  a = first + 3 * n
+  if kind == 1 then
+    local found, new_tats, admitted = {}, {}, 1
+    for j = 1, n do
+      local at = first + 3 * (j - 1)
+      local tat = tats[tonumber(ARGV[at])]
+      found[j] = tat
+      if not tat or tat < now then tat = now end
+      new_tats[j] = tat + tonumber(ARGV[at + 1])
+      if new_tats[j] - tonumber(ARGV[at + 2]) > now then admitted = 0 end
+    end
+    if admitted == 1 then
+      for j = 1, n do
+        local k = tonumber(ARGV[first + 3 * (j - 1)])
+        tats[k] = new_tats[j]
+        written[k] = now
+      end
+    end
+    answers[#answers + 1] = {admitted, found}
+  else
+    local k = tonumber(ARGV[first])
+    local tat = tats[k]
+    if tat then
+      tat = tat - tonumber(ARGV[first + 1])
+      if tat <= now then tats[k] = false else tats[k] = tat end
+      written[k] = now
+    end
+    answers[#answers + 1] = {1, {}}
+  end
+end
+for k, now in pairs(written) do
+  local tat = tats[k]
+  if tat then
+    local ttl_ms = math.floor((tat - now) / 1000) + 1
+    redis.call('SET', KEYS[k], string.format('%.0f', tat), 'PX', string.format('%.0f', ttl_ms))
+  else
+    redis.call('DEL', KEYS[k])
+  end
+end
+return answers
+"#;
+
+/// One key of a spend: the Redis key, the step (interval times cost) and the burst,
+/// in µs.
+pub(super) struct Limit {
+    pub key: String,
+    pub step: i64,
+    pub burst: i64,
+}
+
+pub(super) enum Op {
+    /// Spends on every limit if each admits, otherwise on none.
+    Spend { now_us: i64, limits: Vec<Limit> },
+    /// Moves `key`'s TAT back by `step`, never before `now_us`; nothing if it holds
+    /// none.
+    Refund { now_us: i64, key: String, step: i64 },
+}
+
+/// What an operation found: whether it was admitted, and for a spend the TAT of each
+/// of its keys before it (`None`: none). A refund is admitted and finds nothing.
+pub(super) struct Found {
+    pub admitted: bool,
+    pub tats: Vec<Option<i64>>,
+}
+
+/// GCRA operations as a [`Batch`].
+pub(super) struct Gcra {
+    script: Script,
+}
+
+impl Gcra {
+    pub fn new() -> Self {
+        Self {
+            script: Script::new(GCRA_LUA),
+        }
+    }
+}
+
+impl Batch for Gcra {
+    type Call = Op;
+    type Answer = Found;
+
+    /// Keys named, summed over the batch's operations.
+    const MAX_WEIGHT: usize = 1024;
+
+    fn weight(op: &Op) -> usize {
+        match op {
+            Op::Spend { limits, .. } => limits.len(),
+            Op::Refund { .. } => 1,
+        }
+    }
+
+    async fn run(&self, conn: &mut ConnectionManager, ops: &[Op]) -> Result<Vec<Found>, Failure> {
+        let (keys, args) = encode(ops);
+        let mut call = self.script.prepare_invoke();
+        for key in keys {
+            call.key(key);
+        }
+        call.arg(args);
+        let answers: Vec<(i64, Vec<Option<i64>>)> =
+            call.invoke_async(conn).await.map_err(Failure::Redis)?;
+        if answers.len() != ops.len() {
+            return Err(Failure::WrongCount);
+        }
+        ops.iter()
+            .zip(answers)
+            .map(|(op, (admitted, tats))| {
+                let keys = match op {
+                    Op::Spend { limits, .. } => limits.len(),
+                    Op::Refund { .. } => 0,
+                };
+                if tats.len() != keys {
+                    return Err(Failure::WrongCount);
+                }
+                Ok(Found {
+                    admitted: admitted == 1,
+                    tats,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The script's `KEYS` (each distinct key once, in order of first use) and `ARGV` for
+/// `ops`, as [`GCRA_LUA`] lays them out (key indices from 1, as in Lua).
+fn encode<'a>(ops: &'a [Op]) -> (Vec<&'a str>, Vec<i64>) {
+    let mut keys: Vec<&str> = Vec::new();
+    let mut index: HashMap<&str, i64> = HashMap::new();
+    let mut number = |key: &'a str| {
+        *index.entry(key).or_insert_with(|| {
+            keys.push(key);
+            keys.len() as i64
+        })
+    };
+    let mut args = Vec::new();
+    for op in ops {
+        match op {
+            Op::Spend { now_us, limits } => {
+                args.extend([1, *now_us, limits.len() as i64]);
+                for limit in limits {
+                    args.extend([number(&limit.key), limit.step, limit.burst]);
+                }
+            }
+            Op::Refund { now_us, key, step } => {
+                args.extend([0, *now_us, 1, number(key), *step, 0]);
+            }
+        }
+    }
+    (keys, args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(key: &str, step: i64, burst: i64) -> Limit {
+        Limit {
+            key: key.into(),
+            step,
+            burst,
+        }
+    }
+
+    #[test]
+    fn a_batch_names_each_key_once_and_its_operations_in_order() {
+        let ops = [
+            Op::Spend {
+                now_us: 7,
+                limits: vec![limit("a", 10, 100), limit("svc", 1, 50)],
+            },
+            Op::Refund {
+                now_us: 8,
+                key: "a".into(),
+                step: 10,
+            },
+            Op::Spend {
+                now_us: 9,
+                limits: vec![limit("b", 20, 200), limit("svc", 1, 50)],
+            },
+        ];
+        let (keys, args) = encode(&ops);
+        assert_eq!(keys, ["a", "svc", "b"]);
+        #[rustfmt::skip]
+        assert_eq!(args, [
+            1, 7, 2,   1, 10, 100,   2, 1, 50,
+            0, 8, 1,   1, 10, 0,
+            1, 9, 2,   3, 20, 200,   2, 1, 50,
+        ]);
+        assert_eq!(ops.iter().map(Gcra::weight).sum::<usize>(), 5);
+    }
+
+    /// A random batch of spends and refunds over a few keys, run as one script on the
+    /// Redis of `RINGFENCE_TEST_REDIS_URL`, finds at each operation exactly what the
+    /// in-memory backend finds running the same operations one by one.
+    #[tokio::test]
+    async fn a_batch_decides_as_its_operations_one_after_another() {
+        use rand::{Rng, SeedableRng};
+
+        use crate::counters::{gcra_step, Counters, MemoryCounters, Rate};
+
+        let Some(url) = std::env::var("RINGFENCE_TEST_REDIS_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            eprintln!("RINGFENCE_TEST_REDIS_URL unset: Redis not tested");
+            return;
+        };
+        let client = redis::Client::open(url.as_str()).expect("a Redis URL");
+        let mut conn = ConnectionManager::new(client)
+            .await
+            .expect("RINGFENCE_TEST_REDIS_URL is set but Redis does not answer");
+        let seed = rand::random::<u64>();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let names: Vec<String> = (0..4).map(|i| format!("test:{seed:016x}:{i}")).collect();
+        let rates = [Rate::per_minute(3), Rate::per_hour(5), Rate::per_second(2)];
+        let memory = MemoryCounters::default();
+        let mut now: i64 = 1_700_000_000_000;
+        // (operation, its rate per key and cost, as the memory backend takes them)
+        let mut ops = Vec::new();
+        let mut plain = Vec::new();
+        for _ in 0..300 {
+            now += rng.gen_range(0..400);
+            let cost = rng.gen_range(1..=2u32);
+            if rng.gen_bool(0.3) {
+                let (key, rate) = (rng.gen_range(0..names.len()), rates[rng.gen_range(0..3)]);
+                ops.push(Op::Refund {
+                    now_us: now * 1000,
+                    key: format!("rf:g:{}", names[key]),
+                    step: rate.interval_us() * i64::from(cost),
+                });
+                plain.push((now, vec![(key, rate)], cost, false));
+            } else {
+                let mut picked: Vec<usize> = (0..names.len()).collect();
+                picked.retain(|_| rng.gen_bool(0.5));
+                if picked.is_empty() {
+                    picked.push(0);
+                }
+                let cost = if picked.len() == 1 { cost } else { 1 };
+                let limits: Vec<(usize, Rate)> =
+                    picked.iter().map(|&k| (k, rates[k % 3])).collect();
+                ops.push(Op::Spend {
+                    now_us: now * 1000,
+                    limits: limits
+                        .iter()
+                        .map(|&(k, rate)| Limit {
+                            key: format!("rf:g:{}", names[k]),
+                            step: rate.interval_us() * i64::from(cost),
+                            burst: rate.burst_us(),
+                        })
+                        .collect(),
+                });
+                plain.push((now, limits, cost, true));
+            }
+        }
+        let found = Gcra::new().run(&mut conn, &ops).await;
+        let found = found.unwrap_or_else(|_| panic!("the batch failed (seed {seed})"));
+        for (i, ((now, limits, cost, spend), found)) in plain.iter().zip(&found).enumerate() {
+            let keyed: Vec<(&str, Rate)> = limits
+                .iter()
+                .map(|&(k, r)| (names[k].as_str(), r))
+                .collect();
+            if !spend {
+                let (key, rate) = keyed[0];
+                memory.gcra_refund(key, rate, *cost, *now).await.unwrap();
+                continue;
+            }
+            let expected = match keyed.as_slice() {
+                [(key, rate)] => vec![memory.gcra_cost(key, *rate, *cost, *now).await.unwrap()],
+                _ => memory.gcra_all(&keyed, *now).await.unwrap(),
+            };
+            let seen: Vec<_> = found
+                .tats
+                .iter()
+                .zip(&keyed)
+                .map(|(tat, (_, rate))| gcra_step(*tat, *rate, *now, *cost).0)
+                .collect();
+            assert_eq!(seen, expected, "operation {i} (seed {seed})");
+            assert_eq!(found.admitted, expected.iter().all(|d| d.allowed));
+        }
+        // What the batch left in Redis is what the operations left in memory.
+        for (k, name) in names.iter().enumerate() {
+            let rate = rates[k % 3];
+            let op = Op::Spend {
+                now_us: now * 1000,
+                limits: vec![Limit {
+                    key: format!("rf:g:{name}"),
+                    step: rate.interval_us(),
+                    burst: rate.burst_us(),
+                }],
+            };
+            let left = Gcra::new().run(&mut conn, &[op]).await;
+            let left = left.unwrap_or_else(|_| panic!("the last batch failed (seed {seed})"));
+            let expected = memory.gcra(name, rate, now).await.unwrap();
+            let seen = gcra_step(left[0].tats[0], rate, now, 1).0;
+            assert_eq!(seen, expected, "key {k} (seed {seed})");
+        }
+        let admitted = found
+            .iter()
+            .filter(|f| f.admitted && !f.tats.is_empty())
+            .count();
+        let spends = plain.iter().filter(|p| p.3).count();
+        assert!(
+            0 < admitted && admitted < spends,
+            "both kinds of decision were tested"
+        );
+    }
+}
