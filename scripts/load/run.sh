@@ -5,7 +5,8 @@
 #   MODES=postgres POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test scripts/load/run.sh
 #   MODES="full postgres+redis" POSTGRES_URL=… REDIS_URL=redis://127.0.0.1:6379/9 scripts/load/run.sh
 #
-# The binary is built and run from $CARGO_TARGET_DIR when it is set (target/ otherwise).
+# The binary is built and run from $CARGO_TARGET_DIR when it is set (target/ otherwise);
+# RINGFENCE_BIN=path runs that binary instead, unbuilt (to compare two builds).
 # MODES lists what to measure: `full` and `normal` are the SQLite durability modes;
 # `postgres` uses a fresh database created on the server of $POSTGRES_URL, with the
 # counters in memory; `postgres+redis` the same with the counters in Redis at
@@ -34,8 +35,13 @@ PORT="${PORT:-18181}"
 MODES="${MODES:-full normal}"
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
 
-cargo build --release --quiet
-BIN="${CARGO_TARGET_DIR:-target}/release/ringfence"
+# RINGFENCE_BIN measures a binary built elsewhere (another commit, say) instead.
+if [ -n "${RINGFENCE_BIN:-}" ]; then
+  BIN="$RINGFENCE_BIN"
+else
+  cargo build --release --quiet
+  BIN="${CARGO_TARGET_DIR:-target}/release/ringfence"
+fi
 PID=
 WORK=
 cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; [ -n "$WORK" ] && rm -rf "$WORK"; true; }
