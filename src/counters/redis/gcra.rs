@@ -1,8 +1,9 @@
 //! GCRA spends and refunds of concurrent callers, in one script.
 //!
 //! A start spends several limits at once and a check reserves a guess and often gives
-//! it back; each was a script call of its own, and the limits of a service or a
-//! country are the same few keys for every caller. [`Gcra`] runs a whole batch (see
+//! it back, and the limits of a service or a country are the same few keys for every
+//! caller: one script call each would read and write those keys once per request.
+//! [`Gcra`] runs a whole batch (see
 //! [`super::batch`]) as one call of [`GCRA_LUA`]: every distinct key is read once,
 //! the operations are applied in order to what the earlier ones left, and each key
 //! written is written once, at the end. A caller gets the TATs its operation found,
