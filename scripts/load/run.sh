@@ -34,6 +34,7 @@ THREADS="${WRK_THREADS:-$(nproc)}"   # wrk convention: one thread per core
 PORT="${PORT:-18181}"
 MODES="${MODES:-full normal}"
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
+. scripts/load/serve.sh
 
 # RINGFENCE_BIN measures a binary built elsewhere (another commit, say) instead.
 if [ -n "${RINGFENCE_BIN:-}" ]; then
@@ -86,22 +87,7 @@ for MODE in $MODES; do
   else
     STORE=(--durability "$MODE")
   fi
-  export RINGFENCE_KEY
-  RINGFENCE_KEY="$("$BIN" keys create --data-dir "$WORK/data" "${STORE[@]}" --name load --scope verify --scope admin | tail -1)"
-  "$BIN" serve --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" "${STORE[@]}" \
-    --sms-sink "file:$WORK/sms.jsonl" --log-format json >"$WORK/serve.out" 2>"$WORK/serve.err" &
-  PID=$!
-  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
-
-  # The load's numbers are sequential, so they share prefixes: every rate limit stays on
-  # (its cost is part of the figures) but is raised out of reach.
-  HIGH='{"limit": 1000000000, "period_seconds": 3600}'
-  curl -sf -X PATCH "http://127.0.0.1:$PORT/v1/services/default" \
-    -H "Authorization: Bearer $RINGFENCE_KEY" -H 'Content-Type: application/json' \
-    -d "{\"abuse\": {\"limits\": {\"sends_per_number\": $HIGH, \"sends_per_ip\": $HIGH,
-         \"sends_per_account\": $HIGH, \"sends_per_device\": $HIGH, \"sends_per_prefix\": $HIGH,
-         \"sends_per_country\": $HIGH, \"sends_per_service\": $HIGH, \"wrong_codes_per_number\": $HIGH}}}" >/dev/null
-  sleep 2.5 # the service cache's time to live
+  start_server "$BIN" "$WORK" "$PORT" "${STORE[@]}"
 
   echo "== store: $MODE"
   wrk_run "ceiling: GET /healthz" "$DURATION" "http://127.0.0.1:$PORT/healthz"
