@@ -8,7 +8,7 @@
 # limit raised out of reach), probes the ceiling (GET /healthz) for 4 s, then runs
 # SECONDS of starts with wrk at $CONNS connections (32), early in a two-minute window.
 # Prints starts/s, their p99 and share of the ceiling; the server's CPU per start by
-# thread (the SQLite threads, the async threads), and that of PostgreSQL, Redis and wrk;
+# thread (the SQLite threads, the async threads), and that of PostgreSQL and Redis;
 # how busy the machine was (/proc/stat); and the bytes the SQLite writer thread wrote
 # per start (/proc/PID/task/TID/io).
 #
