@@ -65,8 +65,8 @@ pub struct SqliteStore {
     next_reader: AtomicUsize,
     codes: CodeHasher,
     path: PathBuf,
-    /// Dropping it stops the checkpointer thread.
-    _checkpointer: std::sync::mpsc::Sender<()>,
+    /// Dropping it (and the writer's) stops the checkpointer thread.
+    _checkpointer: std::sync::mpsc::SyncSender<()>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -112,25 +112,30 @@ fn configure(conn: &Connection, durability: Durability, cache_kib: u32) -> rusql
     Ok(())
 }
 
-/// Checkpoints the WAL every `CHECKPOINT_INTERVAL` on a connection of its own, until
-/// the returned sender is dropped. The writer also checkpoints by itself whenever the
-/// WAL passes 1000 pages (SQLite's default), right after a batch's replies (see
-/// `writer`): that is when the WAL can be copied completely and start over, which keeps
-/// it small under sustained load (a checkpointer on another thread never catches up
-/// with a busy writer). This thread adds the time bound that an idle or lightly loaded
-/// instance would otherwise lack.
+/// Checkpoints the WAL on a connection of its own every `CHECKPOINT_INTERVAL`, and
+/// whenever the writer wakes it through the returned sender (as the WAL grows, see
+/// `writer`); stops once every sender is dropped. The writer also checkpoints by itself
+/// when the WAL is larger still, right after a batch's replies: that is when the WAL
+/// can be copied completely and start over, which keeps it bounded under sustained load
+/// (a checkpointer on another thread never catches up with a busy writer). This thread
+/// copies most of it beforehand, on the other core, and adds the time bound that an
+/// idle or lightly loaded instance would otherwise lack.
 fn spawn_checkpointer(
     path: &Path,
     durability: Durability,
-) -> anyhow::Result<std::sync::mpsc::Sender<()>> {
+) -> anyhow::Result<std::sync::mpsc::SyncSender<()>> {
     let conn = Connection::open(path)?;
     configure(&conn, durability, 1024)?;
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
     std::thread::Builder::new()
         .name("rf-sqlite-ckpt".into())
         .spawn(move || {
             use std::sync::mpsc::RecvTimeoutError;
-            while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(CHECKPOINT_INTERVAL) {
+            // A wake-up or the interval: checkpoint. No sender left: stop.
+            while !matches!(
+                rx.recv_timeout(CHECKPOINT_INTERVAL),
+                Err(RecvTimeoutError::Disconnected)
+            ) {
                 // PASSIVE never blocks the writer or readers; syncing the WAL is part of
                 // it, which is what bounds the loss window of `normal`.
                 if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
@@ -196,8 +201,8 @@ impl SqliteStore {
         }
         let checkpointer = spawn_checkpointer(path, durability)?;
         Ok(Self {
+            writer: Writer::spawn(conn, checkpointer.clone()),
             _checkpointer: checkpointer,
-            writer: Writer::spawn(conn),
             readers: Arc::new(readers),
             next_reader: AtomicUsize::new(0),
             codes,
