@@ -65,8 +65,6 @@ pub struct SqliteStore {
     next_reader: AtomicUsize,
     codes: CodeHasher,
     path: PathBuf,
-    /// Dropping it (and the writer's) stops the checkpointer thread.
-    _checkpointer: std::sync::mpsc::SyncSender<()>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -114,7 +112,7 @@ fn configure(conn: &Connection, durability: Durability, cache_kib: u32) -> rusql
 
 /// Checkpoints the WAL on a connection of its own every `CHECKPOINT_INTERVAL`, and
 /// whenever the writer wakes it through the returned sender (as the WAL grows, see
-/// `writer`); stops once every sender is dropped. The writer also checkpoints by itself
+/// `writer`); stops once the sender is dropped. The writer also checkpoints by itself
 /// when the WAL is larger still, right after a batch's replies: that is when the WAL
 /// can be copied completely and start over, which keeps it bounded under sustained load
 /// (a checkpointer on another thread never catches up with a busy writer). This thread
@@ -201,8 +199,9 @@ impl SqliteStore {
         }
         let checkpointer = spawn_checkpointer(path, durability)?;
         Ok(Self {
-            writer: Writer::spawn(conn, checkpointer.clone()),
-            _checkpointer: checkpointer,
+            // The writer thread holds the checkpointer's only sender: the checkpointer
+            // stops when the writer does.
+            writer: Writer::spawn(conn, checkpointer),
             readers: Arc::new(readers),
             next_reader: AtomicUsize::new(0),
             codes,
