@@ -1,8 +1,8 @@
 //! Starts, applied a batch at a time (see `batch.rs`).
 //!
 //! The common start is a number seen for the first time, without an Idempotency-Key:
-//! for those the batch inserts every subject, verification and message with three
-//! statements whatever the batch's size. Every other start (a known number, an
+//! for those the batch inserts every subject, verification and message with one
+//! statement whatever the batch's size. Every other start (a known number, an
 //! Idempotency-Key, a second start of one number in the same batch) runs the
 //! one-at-a-time `start` inside the same transaction, in a savepoint of its own, so
 //! that its failure rolls back only its own writes.
@@ -235,9 +235,10 @@ fn fresh_starts<'a>(
 }
 
 /// Inserts the subjects of the fresh starts' numbers, and for each subject that is
-/// new, its verification and its message. Returns the new verifications (and the id of
-/// their message when it was queued claimed) by their command's position; the other
-/// commands are left for the slow path.
+/// new, its verification and its message, in one statement (one round trip whatever
+/// the batch's size). Returns the new verifications (and the id of their message when
+/// it was queued claimed) by their command's position; the other commands, whose
+/// number was already known, are left for the slow path.
 async fn fast_path(
     tx: &mut Transaction<'_, Postgres>,
     fresh: Vec<FreshStart<'_>>,
@@ -245,94 +246,58 @@ async fn fast_path(
     if fresh.is_empty() {
         return Ok(HashMap::new());
     }
-    let n = fresh.len();
-    let (mut bi, mut wrapped_key, mut phone_ct, mut country_code) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut region, mut number_type, mut created_at) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for f in &fresh {
-        bi.push(f.blind_index);
-        wrapped_key.push(&f.subject.wrapped_key[..]);
-        phone_ct.push(&f.subject.phone_ct[..]);
-        country_code.push(i32::from(f.subject.country_code));
-        region.push(f.subject.region.as_deref());
-        number_type.push(f.subject.number_type);
-        created_at.push(f.row.created_at);
-    }
-    let inserted = sqlx::query(
-        "INSERT INTO subjects (blind_index, wrapped_key, phone_ct, country_code, region, number_type, created_at)
-         SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[], $4::int4[], $5::text[], $6::text[], $7::int8[])
-         ON CONFLICT (blind_index) DO NOTHING RETURNING id, blind_index",
-    )
-    .bind(&bi)
-    .bind(&wrapped_key)
-    .bind(&phone_ct)
-    .bind(&country_code)
-    .bind(&region)
-    .bind(&number_type)
-    .bind(&created_at)
-    .fetch_all(&mut **tx)
-    .await?;
-    if inserted.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let mut new_subjects: HashMap<Vec<u8>, i64> = HashMap::with_capacity(inserted.len());
-    for r in &inserted {
-        new_subjects.insert(r.try_get(1)?, r.try_get(0)?);
-    }
-
-    // A verification (and a message, unless for a test number) per new subject.
-    let mut rows: HashMap<usize, VerificationRow> = HashMap::with_capacity(new_subjects.len());
-    let mut claimed: HashMap<String, usize> = HashMap::new();
     let mut cols = Columns::default();
-    for mut f in fresh {
-        let Some(&subject_id) = new_subjects.get(f.blind_index) else {
-            continue;
-        };
-        f.row.subject_id = subject_id;
-        cols.push(&f);
-        if f.lease_until.is_some() {
-            claimed.insert(f.row.id.clone(), f.pos);
-        }
-        rows.insert(f.pos, f.row);
+    for f in &fresh {
+        cols.push(f);
     }
-    // The verifications and their messages in one statement; a test number's start
-    // (no payload) queues no message.
-    let queued = sqlx::query(
+    // `s` inserts the subjects that are new (the others conflict and return nothing);
+    // `v` a verification for each of those, which is why it joins `s`; `o` the message
+    // of each, unless for a test number (no payload). The data-modifying parts see one
+    // another only through what they return, which is all they need: the blind index
+    // of the batch's fresh starts is unique, so every join is one to one.
+    let created = sqlx::query(
         "WITH t AS (
-            SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::bytea[], $6::text[],
-                                 $7::text[], $8::text[], $9::bytea[], $10::int4[], $11::int4[], $12::int8[],
-                                 $13::bool[], $14::int8[], $15::int8[], $16::bytea[], $17::int8[], $18::text[])
-                AS t(id, service_id, subject_id, channel, code_hash, locale, account_ref, purpose, signals_ct,
+            SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[], $4::int4[], $5::text[], $6::text[],
+                                 $7::text[], $8::text[], $9::text[], $10::bytea[], $11::text[], $12::text[],
+                                 $13::text[], $14::bytea[], $15::int4[], $16::int4[], $17::int8[], $18::bool[],
+                                 $19::int8[], $20::int8[], $21::bytea[], $22::int8[], $23::text[])
+                AS t(blind_index, wrapped_key, phone_ct, country_code, region, number_type,
+                     id, service_id, channel, code_hash, locale, account_ref, purpose, signals_ct,
                      max_sends, max_attempts, lockout_ms, test_number, now, expires_at, payload, lease_until, prefix)
+         ), s AS (
+            INSERT INTO subjects (blind_index, wrapped_key, phone_ct, country_code, region, number_type, created_at)
+            SELECT blind_index, wrapped_key, phone_ct, country_code, region, number_type, now FROM t
+            ON CONFLICT (blind_index) DO NOTHING
+            RETURNING id, blind_index
          ), v AS (
             INSERT INTO verifications (id, service_id, subject_id, status, channel, code_hash, locale, account_ref,
                     purpose, signals_ct, sends, max_sends, attempts, max_attempts, lockout_ms, test_number, created_at,
                     updated_at, expires_at, last_sent_at, prefix)
-            SELECT id, service_id, subject_id, 'pending', channel, code_hash, locale, account_ref, purpose, signals_ct,
-                   1, max_sends, 0, max_attempts, lockout_ms, test_number, now, now, expires_at, now, prefix
-            FROM t
-            RETURNING id
+            SELECT t.id, t.service_id, s.id, 'pending', t.channel, t.code_hash, t.locale, t.account_ref, t.purpose,
+                   t.signals_ct, 1, t.max_sends, 0, t.max_attempts, t.lockout_ms, t.test_number, t.now, t.now,
+                   t.expires_at, t.now, t.prefix
+            FROM t JOIN s ON s.blind_index = t.blind_index
+            RETURNING id, subject_id
+         ), o AS (
+            INSERT INTO outbox (verification_id, subject_id, channel, payload, status, attempts, next_attempt_at,
+                                lease_until, not_after, created_at, updated_at)
+            SELECT t.id, v.subject_id, t.channel, t.payload,
+                   CASE WHEN t.lease_until IS NULL THEN 'queued' ELSE 'sending' END,
+                   CASE WHEN t.lease_until IS NULL THEN 0 ELSE 1 END,
+                   t.now, t.lease_until, t.expires_at, t.now, t.now
+            FROM t JOIN v ON v.id = t.id WHERE t.payload IS NOT NULL
+            RETURNING verification_id, id
          )
-         INSERT INTO outbox (verification_id, subject_id, channel, payload, status, attempts, next_attempt_at,
-                             lease_until, not_after, created_at, updated_at)
-         SELECT t.id, t.subject_id, t.channel, t.payload,
-                CASE WHEN t.lease_until IS NULL THEN 'queued' ELSE 'sending' END,
-                CASE WHEN t.lease_until IS NULL THEN 0 ELSE 1 END,
-                t.now, t.lease_until, t.expires_at, t.now, t.now
-         FROM t JOIN v ON v.id = t.id WHERE t.payload IS NOT NULL
-         RETURNING verification_id, id",
+         SELECT v.id, v.subject_id, o.id FROM v LEFT JOIN o ON o.verification_id = v.id",
     )
+    .bind(&cols.blind_index)
+    .bind(&cols.wrapped_key)
+    .bind(&cols.phone_ct)
+    .bind(&cols.country_code)
+    .bind(&cols.region)
+    .bind(&cols.number_type)
     .bind(&cols.id)
     .bind(&cols.service_id)
-    .bind(&cols.subject_id)
     .bind(&cols.channel)
     .bind(&cols.code_hash)
     .bind(&cols.locale)
@@ -350,30 +315,53 @@ async fn fast_path(
     .bind(&cols.prefix)
     .fetch_all(&mut **tx)
     .await?;
-    let mut messages: HashMap<usize, i64> = HashMap::with_capacity(claimed.len());
-    for m in &queued {
-        let vid: String = m.try_get(0)?;
-        if let Some(&pos) = claimed.get(&vid) {
-            messages.insert(pos, m.try_get(1)?);
-        }
+    drop(cols);
+
+    // The verification ids are the commands' own, so each row finds its start.
+    let mut by_id: HashMap<&str, usize> = HashMap::with_capacity(fresh.len());
+    for (k, f) in fresh.iter().enumerate() {
+        by_id.insert(f.row.id.as_str(), k);
     }
-    Ok(rows
-        .into_iter()
-        .map(|(pos, row)| (pos, (row, messages.get(&pos).copied())))
-        .collect())
+    let mut found: Vec<(usize, i64, Option<i64>)> = Vec::with_capacity(created.len());
+    for r in &created {
+        let id: String = r.try_get(0)?;
+        let k = *by_id.get(id.as_str()).ok_or_else(|| {
+            StoreError::Internal("a start's verification came back unknown".into())
+        })?;
+        found.push((k, r.try_get(1)?, r.try_get(2)?));
+    }
+    drop(by_id);
+    let mut fresh: Vec<Option<FreshStart<'_>>> = fresh.into_iter().map(Some).collect();
+    let mut out = HashMap::with_capacity(found.len());
+    for (k, subject_id, message) in found {
+        let Some(mut f) = fresh[k].take() else {
+            return Err(StoreError::Internal(
+                "a start's verification came back twice".into(),
+            ));
+        };
+        f.row.subject_id = subject_id;
+        // A message is reported only when the caller claimed it.
+        out.insert(f.pos, (f.row, f.lease_until.and(message)));
+    }
+    Ok(out)
 }
 
-/// The new verifications, column by column, for `unnest`.
+/// The fresh starts, column by column, for `unnest`.
 #[derive(Default)]
 struct Columns<'a> {
-    id: Vec<String>,
-    service_id: Vec<String>,
-    subject_id: Vec<i64>,
+    blind_index: Vec<&'a [u8]>,
+    wrapped_key: Vec<&'a [u8]>,
+    phone_ct: Vec<&'a [u8]>,
+    country_code: Vec<i32>,
+    region: Vec<Option<&'a str>>,
+    number_type: Vec<&'static str>,
+    id: Vec<&'a str>,
+    service_id: Vec<&'a str>,
     channel: Vec<&'static str>,
-    code_hash: Vec<Vec<u8>>,
-    locale: Vec<Option<String>>,
-    account_ref: Vec<Option<String>>,
-    purpose: Vec<Option<String>>,
+    code_hash: Vec<&'a [u8]>,
+    locale: Vec<Option<&'a str>>,
+    account_ref: Vec<Option<&'a str>>,
+    purpose: Vec<Option<&'a str>>,
     signals_ct: Vec<Option<&'a [u8]>>,
     max_sends: Vec<i32>,
     max_attempts: Vec<i32>,
@@ -387,16 +375,21 @@ struct Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
-    fn push(&mut self, f: &FreshStart<'a>) {
+    fn push(&mut self, f: &'a FreshStart<'a>) {
         let r = &f.row;
-        self.id.push(r.id.clone());
-        self.service_id.push(r.service_id.clone());
-        self.subject_id.push(r.subject_id);
+        self.blind_index.push(f.blind_index);
+        self.wrapped_key.push(&f.subject.wrapped_key);
+        self.phone_ct.push(&f.subject.phone_ct);
+        self.country_code.push(i32::from(f.subject.country_code));
+        self.region.push(f.subject.region.as_deref());
+        self.number_type.push(f.subject.number_type);
+        self.id.push(&r.id);
+        self.service_id.push(&r.service_id);
         self.channel.push(r.channel.as_str());
-        self.code_hash.push(f.code_hash.to_vec());
-        self.locale.push(r.locale.clone());
-        self.account_ref.push(r.account_ref.clone());
-        self.purpose.push(r.purpose.clone());
+        self.code_hash.push(&f.code_hash);
+        self.locale.push(r.locale.as_deref());
+        self.account_ref.push(r.account_ref.as_deref());
+        self.purpose.push(r.purpose.as_deref());
         self.signals_ct.push(f.sealed.signals_ct.as_deref());
         self.max_sends.push(r.max_sends as i32);
         self.max_attempts.push(r.max_attempts as i32);
