@@ -15,7 +15,10 @@
 # Environment:
 #   RINGFENCE_BIN=path   the binary to run (default: target/release/ringfence, unbuilt)
 #   POSTGRES_URL=url     store on PostgreSQL, in a fresh database on that server
-#   REDIS_URL=url        counters in Redis (its database is emptied first)
+#   REDIS_URL=url        counters in Redis; its database is emptied first, and what the
+#                        load leaves there (closed prefixes, a day's spend) would
+#                        change what a test sees: use one nothing else uses, such as
+#                        redis://127.0.0.1:6379/9 (run.sh's), never the tests'
 #   SQL='…'              statements run on the SQLite database before the load, with
 #                        the sqlite3 shell (an experiment on the schema, say)
 #   WRITER_STATE=1       samples the SQLite writer's state during the load
