@@ -315,33 +315,19 @@ async fn fast_path(
     .bind(&cols.prefix)
     .fetch_all(&mut **tx)
     .await?;
-    drop(cols);
 
-    // The verification ids are the commands' own, so each row finds its start.
-    let mut by_id: HashMap<&str, usize> = HashMap::with_capacity(fresh.len());
-    for (k, f) in fresh.iter().enumerate() {
-        by_id.insert(f.row.id.as_str(), k);
-    }
-    let mut found: Vec<(usize, i64, Option<i64>)> = Vec::with_capacity(created.len());
-    for r in &created {
-        let id: String = r.try_get(0)?;
-        let k = *by_id.get(id.as_str()).ok_or_else(|| {
-            StoreError::Internal("a start's verification came back unknown".into())
-        })?;
-        found.push((k, r.try_get(1)?, r.try_get(2)?));
-    }
-    drop(by_id);
-    let mut fresh: Vec<Option<FreshStart<'_>>> = fresh.into_iter().map(Some).collect();
-    let mut out = HashMap::with_capacity(found.len());
-    for (k, subject_id, message) in found {
-        let Some(mut f) = fresh[k].take() else {
-            return Err(StoreError::Internal(
-                "a start's verification came back twice".into(),
-            ));
-        };
-        f.row.subject_id = subject_id;
-        // A message is reported only when the caller claimed it.
-        out.insert(f.pos, (f.row, f.lease_until.and(message)));
+    // The verification ids are the commands' own: each row finds its start by its id.
+    let mut created: HashMap<String, (i64, Option<i64>)> = created
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))))
+        .collect::<Result<_, sqlx::Error>>()?;
+    let mut out = HashMap::with_capacity(created.len());
+    for mut f in fresh {
+        if let Some((subject_id, message)) = created.remove(&f.row.id) {
+            f.row.subject_id = subject_id;
+            // A message is reported only when the caller claimed it.
+            out.insert(f.pos, (f.row, f.lease_until.and(message)));
+        }
     }
     Ok(out)
 }
