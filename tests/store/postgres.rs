@@ -17,15 +17,25 @@ pub async fn open(url: String, codes: CodeHasher) -> Opened {
 
 /// [`open`], with the store as its own type, for tests that read the schema directly.
 pub async fn open_pg(url: String, codes: CodeHasher) -> (Arc<PgStore>, Opened) {
+    open_pg_with(url, codes, |_| {}).await
+}
+
+/// [`open_pg`], with the store's settings as `tune` leaves them.
+pub async fn open_pg_with(
+    url: String,
+    codes: CodeHasher,
+    tune: impl FnOnce(&mut PgSettings),
+) -> (Arc<PgStore>, Opened) {
     let schema = format!(
         "rf_conf_{}",
         hex::encode(ringfence::crypto::random_bytes::<6>())
     );
-    let settings = PgSettings {
+    let mut settings = PgSettings {
         schema: Some(schema.clone()),
         max_connections: 8,
         ..PgSettings::default()
     };
+    tune(&mut settings);
     let store = Arc::new(
         PgStore::connect(&url, codes, settings)
             .await

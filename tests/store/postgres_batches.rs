@@ -1,13 +1,19 @@
 //! What the PostgreSQL backend promises beyond the shared contract: a start that fails
 //! inside a batch fails alone (its savepoint is rolled back, not the batch), so no
-//! other request has to be sent again; and starts lock no row of their service, which
-//! every start of every instance shares.
+//! other request has to be sent again; starts lock no row of their service, which
+//! every start of every instance shares; and a batch whose locks time out leaves no
+//! connection behind in a failed transaction.
+
+use std::time::Duration;
 
 use ringfence::crypto::Keyring;
+use ringfence::store::postgres::number_lock;
+use ringfence::store::StoreError;
+use sqlx::Connection;
 
 use crate::backend::Backend;
 use crate::batching::two_bad_starts_among_many;
-use crate::fixtures::mobile;
+use crate::fixtures::{mobile, T0};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_postgres_a_failing_start_does_not_fail_the_others() {
@@ -58,5 +64,57 @@ async fn on_postgres_starts_lock_no_row_of_their_service() {
     futures::future::join_all(starts).await;
     assert_eq!(b.inspect.counts().await.verifications, 8);
     assert_eq!(xmax().await, "0", "the service's row after eight starts");
+    drop(opened.keep);
+}
+
+/// A batch begins and takes its numbers' locks in one round trip; when the locks fail
+/// (here on the statement timeout, while another session holds one), the transaction
+/// it began is left open and aborted on the server. With one connection in the pool,
+/// the next batch would get that connection and fail too, unless the failed batch's
+/// connection was closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_batch_whose_locks_time_out_leaves_no_failed_transaction_behind() {
+    let Ok(url) = std::env::var("RINGFENCE_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let keys = Keyring::ephemeral();
+    let (_pg, opened) = crate::postgres::open_pg_with(url.clone(), keys.codes.clone(), |s| {
+        s.max_connections = 1;
+        s.statement_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let b = Backend {
+        store: opened.store,
+        keys,
+        inspect: opened.inspect,
+    };
+    let svc = b.service("signup", |_| {}).await;
+    let held = mobile(1);
+
+    let mut other = sqlx::PgConnection::connect(&url)
+        .await
+        .expect("a second session");
+    let (namespace, key) = number_lock(&b.blind(&held));
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+        .bind(namespace)
+        .bind(key)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let timed_out = b
+        .store
+        .start_verification(b.start(&svc, &held).prepare().cmd)
+        .await;
+    assert!(
+        matches!(timed_out, Err(StoreError::Unavailable(_))),
+        "a start waiting on its number's lock past the statement timeout: {timed_out:?}"
+    );
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+
+    // The pool's one connection serves the next batches as if nothing had happened.
+    b.start(&svc, &mobile(2)).at(T0 + 1).started().await;
+    b.start(&svc, &held).at(T0 + 2).started().await;
+    assert_eq!(b.inspect.counts().await.verifications, 2);
     drop(opened.keep);
 }

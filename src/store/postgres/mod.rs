@@ -127,6 +127,13 @@ async fn advisory_lock(
 }
 
 const LOCK_SUBJECT: i32 = 1;
+
+/// The advisory lock, `(namespace, key)`, that a start of the number with this blind
+/// index takes: what `pg_locks` shows as `classid` and `objid` while starts of that
+/// number wait on each other.
+pub fn number_lock(blind_index: &crate::crypto::BlindIndex) -> (i32, i32) {
+    (LOCK_SUBJECT, advisory_lock_key(&blind_index.0))
+}
 const LOCK_ACCOUNT: i32 = 2;
 const LOCK_SUBJECT_BINDINGS: i32 = 3;
 
@@ -182,9 +189,10 @@ impl PgStore {
         };
         let starts = Batcher::spawn(limits, {
             let (pool, codes) = (pool.clone(), codes.clone());
+            let services = Arc::new(starts::KnownServices::default());
             move |cmds| {
-                let (pool, codes) = (pool.clone(), codes.clone());
-                async move { starts::run(&pool, &codes, cmds).await }
+                let (pool, codes, services) = (pool.clone(), codes.clone(), services.clone());
+                async move { starts::run(&pool, &codes, &services, cmds).await }
             }
         });
         let checks = Batcher::spawn(limits, {

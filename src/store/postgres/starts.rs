@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Row, Transaction};
 
 use super::{advisory_lock_key, start, LOCK_SUBJECT};
 use crate::crypto::CodeHasher;
@@ -25,21 +25,36 @@ use crate::store::{
 };
 
 /// Applies a batch of starts in one transaction; see the module's comment.
-//
-// A `StartCmd` is `Send` but not `Sync` (its reseal closure), so no `&StartCmd` may
-// live across an `await`: what the statements need is taken out of the commands first.
 pub(super) async fn run(
     pool: &PgPool,
     codes: &CodeHasher,
+    services: &KnownServices,
+    cmds: Vec<StartCmd>,
+) -> StoreResult<Vec<StoreResult<StartOutcome>>> {
+    let mut conn = pool.acquire().await?;
+    let applied = apply(&mut conn, codes, services, cmds).await;
+    if applied.is_err() {
+        // A failed batch may have left its transaction open on the server without sqlx
+        // knowing (see `begin_locked`): this connection serves no one else.
+        conn.close_on_drop();
+    }
+    applied
+}
+
+// A `StartCmd` is `Send` but not `Sync` (its reseal closure), so no `&StartCmd` may
+// live across an `await`: what the statements need is taken out of the commands first.
+async fn apply(
+    conn: &mut PgConnection,
+    codes: &CodeHasher,
+    services: &KnownServices,
     cmds: Vec<StartCmd>,
 ) -> StoreResult<Vec<StoreResult<StartOutcome>>> {
     let keys = lock_keys(&cmds);
-    let services = service_ids(&cmds);
-    let mut tx = pool.begin().await?;
-    let known = lock_numbers(&mut tx, &keys, &services).await?;
+    let mut tx = begin_locked(conn, &keys).await?;
+    let known = services.existing(&mut tx, &service_ids(&cmds)).await?;
     let unknown: Vec<bool> = cmds
         .iter()
-        .map(|c| !known.contains(&c.service_id))
+        .map(|c| !known.contains(c.service_id.as_str()))
         .collect();
     let mut fast = match fast_path(&mut tx, fresh_starts(codes, &cmds, &unknown)).await {
         Ok(fast) => fast,
@@ -50,8 +65,7 @@ pub(super) async fn run(
         Err(e) => {
             tracing::warn!(error = %e, starts = cmds.len(), "batched start failed; starting one at a time");
             tx.rollback().await?;
-            tx = pool.begin().await?;
-            lock_numbers(&mut tx, &keys, &services).await?;
+            tx = begin_locked(conn, &keys).await?;
             HashMap::new()
         }
     };
@@ -110,27 +124,63 @@ fn service_ids(cmds: &[StartCmd]) -> Vec<&str> {
     ids
 }
 
-/// Takes the advisory locks of the batch's numbers, in the (sorted) order given, and
-/// returns which of `services` exist, in the same statement. Verifications refer to
-/// their service without a foreign key (migration 0006): this read, which locks
-/// nothing, is what makes a start on an unknown service fail. Services are never
-/// deleted, so what it found stays true until the commit.
-async fn lock_numbers(
-    tx: &mut Transaction<'_, Postgres>,
+/// Begins the batch's transaction and takes the advisory locks of its numbers, in the
+/// (sorted) order given, in one round trip: the `BEGIN` and the locking `SELECT` go as
+/// one simple query, with the keys (integers) written into it. If the `SELECT` fails
+/// (say, on the statement timeout while it waits), the transaction is left open and
+/// aborted on the server while sqlx counts none, which is why `run` closes the
+/// connection of a batch that failed.
+async fn begin_locked<'c>(
+    conn: &'c mut PgConnection,
     keys: &[i32],
-    services: &[&str],
-) -> StoreResult<HashSet<String>> {
+) -> StoreResult<Transaction<'c, Postgres>> {
+    let keys: Vec<String> = keys.iter().map(i32::to_string).collect();
     // `unnest` yields the array in order, and the locks are taken row by row.
-    let (_locked, known): (i64, Vec<String>) = sqlx::query_as(
-        "SELECT locked.n, ARRAY(SELECT id FROM services WHERE id = ANY($3))
-         FROM (SELECT count(pg_advisory_xact_lock($1, k)) AS n FROM unnest($2::int4[]) AS k) AS locked",
-    )
-    .bind(LOCK_SUBJECT)
-    .bind(keys)
-    .bind(services)
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(known.into_iter().collect())
+    let sql = format!(
+        "BEGIN; SELECT count(pg_advisory_xact_lock({LOCK_SUBJECT}, k)) FROM unnest(ARRAY[{}]::int4[]) AS k",
+        keys.join(",")
+    );
+    Ok(conn.begin_with(sql).await?)
+}
+
+/// The services that exist, of those a batch names. Verifications refer to their
+/// service without a foreign key (migration 0006): this is what makes a start on an
+/// unknown service fail. Services are never deleted, so one found once exists for good:
+/// only the ids not found before are read, inside the batch's transaction.
+#[derive(Default)]
+pub(super) struct KnownServices(std::sync::RwLock<HashSet<String>>);
+
+impl KnownServices {
+    async fn existing<'a>(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        ids: &[&'a str],
+    ) -> StoreResult<HashSet<&'a str>> {
+        let unseen: Vec<&str> = {
+            let seen = self.0.read().unwrap_or_else(|e| e.into_inner());
+            ids.iter()
+                .copied()
+                .filter(|id| !seen.contains(*id))
+                .collect()
+        };
+        if !unseen.is_empty() {
+            let found: Vec<String> =
+                sqlx::query_scalar("SELECT id FROM services WHERE id = ANY($1)")
+                    .bind(&unseen)
+                    .fetch_all(&mut **tx)
+                    .await?;
+            self.0
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(found);
+        }
+        let seen = self.0.read().unwrap_or_else(|e| e.into_inner());
+        Ok(ids
+            .iter()
+            .copied()
+            .filter(|id| seen.contains(*id))
+            .collect())
+    }
 }
 
 /// Locks, in id order, the pending verifications of the numbers the slow path handles:
