@@ -127,6 +127,8 @@ async fn advisory_lock(
 }
 
 const LOCK_SUBJECT: i32 = 1;
+const LOCK_ACCOUNT: i32 = 2;
+const LOCK_SUBJECT_BINDINGS: i32 = 3;
 
 /// The advisory lock, `(namespace, key)`, that a start of the number with this blind
 /// index takes: what `pg_locks` shows as `classid` and `objid` while starts of that
@@ -134,8 +136,6 @@ const LOCK_SUBJECT: i32 = 1;
 pub fn number_lock(blind_index: &crate::crypto::BlindIndex) -> (i32, i32) {
     (LOCK_SUBJECT, advisory_lock_key(&blind_index.0))
 }
-const LOCK_ACCOUNT: i32 = 2;
-const LOCK_SUBJECT_BINDINGS: i32 = 3;
 
 impl PgStore {
     /// Connects, applies migrations (one instance at a time, under an advisory lock).
