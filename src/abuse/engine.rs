@@ -194,9 +194,14 @@ impl Engine {
         self.pumping.record_send(prefix, now).await
     }
 
-    /// Records a message the provider accepted for a number of `prefix`.
-    pub async fn record_delivery(&self, prefix: &Prefix, now: Millis) -> Result<(), CountersError> {
-        self.pumping.record_delivery(prefix, now).await
+    /// Records messages the provider accepted: `n` for numbers of `prefix`, for each
+    /// `(prefix, n)`.
+    pub async fn record_deliveries(
+        &self,
+        counts: &[(Prefix, u64)],
+        now: Millis,
+    ) -> Result<(), CountersError> {
+        self.pumping.record_deliveries(counts, now).await
     }
 
     /// Records an approved verification of `number`.

@@ -34,7 +34,8 @@
 //!
 //! Before sending, [`PumpingDetector::assess`] the prefix; send only if the verdict
 //! [`Verdict::allows`] it, then [`PumpingDetector::record_send`]. Feed delivery receipts
-//! to [`PumpingDetector::record_delivery`] and approved checks to
+//! to [`PumpingDetector::record_delivery`] (or many at once to
+//! [`PumpingDetector::record_deliveries`]) and approved checks to
 //! [`PumpingDetector::record_approval`].
 
 pub mod trace;
@@ -469,6 +470,11 @@ struct Keys {
     spend_all: String,
 }
 
+/// The counter of a prefix's delivered messages.
+fn delivered_key(prefix: &Prefix) -> String {
+    format!("{}:dlvr", prefix.key())
+}
+
 impl Keys {
     fn of(prefix: &Prefix) -> Self {
         let pk = prefix.key();
@@ -477,7 +483,7 @@ impl Keys {
             sent: format!("{pk}:sent"),
             sent_recent: format!("{pk}:sent-recent"),
             approved: format!("{pk}:appr"),
-            delivered: format!("{pk}:dlvr"),
+            delivered: delivered_key(prefix),
             closed: format!("{pk}:closed"),
             watched: format!("{pk}:watched"),
             country_sent: format!("pc:{cc}:sent"),
@@ -552,10 +558,23 @@ impl PumpingDetector {
 
     /// Counts a delivery receipt for a message to `prefix`.
     pub async fn record_delivery(&self, prefix: &Prefix, now: Millis) -> CountersResult<()> {
-        let k = Keys::of(prefix);
-        self.counters
-            .incr_window(&k.delivered, self.policy.window_ms, 1, now)
-            .await?;
+        self.record_deliveries(&[(prefix.clone(), 1)], now).await
+    }
+
+    /// Counts delivery receipts, `n` for each `(prefix, n)`, in one write of the
+    /// counters (a sink's batch of messages).
+    pub async fn record_deliveries(
+        &self,
+        counts: &[(Prefix, u64)],
+        now: Millis,
+    ) -> CountersResult<()> {
+        let keys: Vec<String> = counts.iter().map(|(p, _)| delivered_key(p)).collect();
+        let incrs: Vec<(&str, i64, u64)> = keys
+            .iter()
+            .zip(counts)
+            .map(|(k, (_, n))| (k.as_str(), self.policy.window_ms, *n))
+            .collect();
+        self.counters.incr_windows(&incrs, now).await?;
         Ok(())
     }
 
@@ -1028,5 +1047,43 @@ mod tests {
         assert_eq!(decode(&encode(&spend)).unwrap(), spend);
         assert!(decode("2 5 country_budget_exceeded 10 9").is_err());
         assert!(decode("1 5 no_such_reason 10 9").is_err());
+    }
+
+    /// A batch of deliveries counts as the same deliveries one at a time, each under
+    /// its own prefix.
+    #[tokio::test]
+    async fn deliveries_recorded_at_once_count_as_one_at_a_time() {
+        let now = 1_800_000_000_000;
+        let (a, b) = (
+            Prefix::new(44, "790").unwrap(),
+            Prefix::new(44, "791").unwrap(),
+        );
+        let one_by_one = PumpingDetector::new(
+            Arc::new(crate::counters::memory::MemoryCounters::new(1024)),
+            PumpingPolicy::default(),
+        );
+        for p in [&a, &a, &a, &b, &b] {
+            one_by_one.record_delivery(p, now).await.unwrap();
+        }
+        let at_once = PumpingDetector::new(
+            Arc::new(crate::counters::memory::MemoryCounters::new(1024)),
+            PumpingPolicy::default(),
+        );
+        at_once
+            .record_deliveries(&[(a.clone(), 3), (b.clone(), 2)], now)
+            .await
+            .unwrap();
+        let window = PumpingPolicy::default().window_ms;
+        for d in [&one_by_one, &at_once] {
+            let counts = d
+                .counters
+                .get_slidings(
+                    &[(&delivered_key(&a), window), (&delivered_key(&b), window)],
+                    now,
+                )
+                .await
+                .unwrap();
+            assert_eq!(counts, [3, 2]);
+        }
     }
 }

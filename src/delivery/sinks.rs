@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use futures_util::future::join_all;
+use serde::Serialize;
 
 use super::OutgoingMessage;
 use crate::clock::{rfc3339, Clock, SystemClock};
@@ -24,6 +26,13 @@ pub enum SendError {
 pub trait Sink: Send + Sync + 'static {
     /// Sends one message; returns the provider's reference, if any.
     async fn send(&self, msg: &OutgoingMessage) -> Result<Option<String>, SendError>;
+
+    /// Sends several messages: one outcome per message, in their order. By default
+    /// each is a `send` of its own, all under way at once; a sink that can take many
+    /// messages in one operation overrides it.
+    async fn send_many(&self, msgs: &[&OutgoingMessage]) -> Vec<Result<Option<String>, SendError>> {
+        join_all(msgs.iter().map(|m| self.send(m))).await
+    }
 }
 
 /// The `--sms-sink` setting.
@@ -112,25 +121,60 @@ impl FileSink {
     }
 }
 
+/// One line of the file sink.
+#[derive(Serialize)]
+struct FileLine<'a> {
+    to: &'a str,
+    channel: &'static str,
+    body: &'a str,
+    created_at: &'a str,
+    message_id: i64,
+    attempt: u32,
+    verification_id: &'a str,
+}
+
+impl FileSink {
+    /// Appends one line per message with a single write(2): on an O_APPEND file,
+    /// lines of concurrent writes never interleave. If the write fails, every message
+    /// of it fails (temporarily: they are retried, and a line may then appear twice,
+    /// as a provider that timed out may deliver twice).
+    fn append(&self, msgs: &[&OutgoingMessage]) -> Vec<Result<Option<String>, SendError>> {
+        let created_at = rfc3339(SystemClock.now());
+        let mut buf = Vec::with_capacity(msgs.len() * 256);
+        for msg in msgs {
+            let line = FileLine {
+                to: &msg.to,
+                channel: msg.channel.as_str(),
+                body: &msg.body,
+                created_at: &created_at,
+                message_id: msg.message_id,
+                attempt: msg.attempt,
+                verification_id: &msg.verification_id,
+            };
+            serde_json::to_writer(&mut buf, &line).expect("JSON serialises");
+            buf.push(b'\n');
+        }
+        let written = {
+            let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+            f.write_all(&buf)
+        };
+        msgs.iter()
+            .map(|msg| match &written {
+                Ok(()) => Ok(Some(format!("file-{}", msg.message_id))),
+                Err(e) => Err(SendError::Temporary(e.to_string())),
+            })
+            .collect()
+    }
+}
+
 #[async_trait]
 impl Sink for FileSink {
     async fn send(&self, msg: &OutgoingMessage) -> Result<Option<String>, SendError> {
-        let line = serde_json::json!({
-            "to": msg.to,
-            "channel": msg.channel.as_str(),
-            "body": msg.body,
-            "created_at": rfc3339(SystemClock.now()),
-            "message_id": msg.message_id,
-            "attempt": msg.attempt,
-            "verification_id": msg.verification_id,
-        });
-        let mut buf = serde_json::to_vec(&line).expect("JSON serialises");
-        buf.push(b'\n');
-        // One write(2) per line on an O_APPEND file: lines never interleave.
-        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        f.write_all(&buf)
-            .map_err(|e| SendError::Temporary(e.to_string()))?;
-        Ok(Some(format!("file-{}", msg.message_id)))
+        self.append(&[msg]).pop().expect("one outcome per message")
+    }
+
+    async fn send_many(&self, msgs: &[&OutgoingMessage]) -> Vec<Result<Option<String>, SendError>> {
+        self.append(msgs)
     }
 }
 
@@ -196,5 +240,66 @@ mod tests {
             .unwrap_err()
             .contains("file:PATH"));
         assert!("twilio".parse::<SinkSpec>().is_err());
+    }
+
+    fn message(id: i64, to: &str) -> OutgoingMessage {
+        OutgoingMessage {
+            message_id: id,
+            attempt: 1,
+            verification_id: format!("VE{id}"),
+            channel: crate::verify::Channel::Sms,
+            to: to.into(),
+            body: format!("Your code is \"{id}\"\n"),
+        }
+    }
+
+    /// A batch is one line per message, in order, each a whole JSON object.
+    #[tokio::test]
+    async fn the_file_sink_appends_a_line_per_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sms.jsonl");
+        let sink = FileSink::open(path.clone()).unwrap();
+        let (a, b, c) = (
+            message(1, "+447900000001"),
+            message(2, "+447900000002"),
+            message(3, "+447900000003"),
+        );
+        let refs = sink.send_many(&[&a, &b]).await;
+        assert_eq!(
+            refs,
+            [Ok(Some("file-1".to_owned())), Ok(Some("file-2".to_owned()))]
+        );
+        assert_eq!(sink.send(&c).await, Ok(Some("file-3".to_owned())));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        for (line, msg) in lines.iter().zip([&a, &b, &c]) {
+            assert_eq!(line["to"], msg.to.as_str());
+            assert_eq!(line["body"], msg.body.as_str());
+            assert_eq!(line["channel"], "sms");
+            assert_eq!(line["message_id"], msg.message_id);
+            assert_eq!(line["attempt"], 1);
+            assert_eq!(line["verification_id"], msg.verification_id.as_str());
+            assert!(rfc3339_parses(line["created_at"].as_str().unwrap()));
+        }
+    }
+
+    fn rfc3339_parses(s: &str) -> bool {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).is_ok()
+    }
+
+    /// A write that fails fails every message of it, as worth retrying.
+    #[tokio::test]
+    async fn a_failed_write_fails_the_whole_batch_temporarily() {
+        let sink = FileSink::open("/dev/full".into()).unwrap();
+        let (a, b) = (message(1, "+447900000001"), message(2, "+447900000002"));
+        let outcomes = sink.send_many(&[&a, &b]).await;
+        assert_eq!(outcomes.len(), 2);
+        assert!(outcomes
+            .iter()
+            .all(|o| matches!(o, Err(SendError::Temporary(_)))));
     }
 }

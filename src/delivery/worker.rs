@@ -1,6 +1,7 @@
 //! The outbox worker: claim, open, send, record, repeat — and, on the hot path, send
 //! what the HTTP side handed over already claimed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -183,70 +184,69 @@ impl OutboxWorker {
         }
     }
 
-    /// Sends concurrently and records every outcome in one write. If that write fails,
-    /// the leases run out and the messages are claimed again.
-    async fn send_all(
-        self: &Arc<Self>,
-        sends: Vec<Send>,
-    ) -> Result<usize, crate::store::StoreError> {
+    /// Sends the batch through the sink at once, counts the deliveries for the pumping
+    /// detector in one write of the counters, and records every outcome in one write of
+    /// the store. If that write fails, the leases run out and the messages are claimed
+    /// again.
+    async fn send_all(&self, sends: Vec<Send>) -> Result<usize, crate::store::StoreError> {
         let n = sends.len();
-        let mut tasks = tokio::task::JoinSet::new();
-        for send in sends {
-            let this = self.clone();
-            tasks.spawn(async move { (send.id, this.deliver(send).await) });
-        }
+        let messages: Vec<&OutgoingMessage> =
+            sends.iter().filter_map(|s| s.message.as_ref()).collect();
+        let mut outcomes = self.sink.send_many(&messages).await.into_iter();
+        let mut delivered: HashMap<Prefix, u64> = HashMap::new();
         let mut results = Vec::with_capacity(n);
-        while let Some(done) = tasks.join_next().await {
-            if let Ok(r) = done {
-                results.push(r);
+        for send in sends {
+            let result = match &send.message {
+                None => DeliveryResult::Failed {
+                    error: "payload cannot be opened (subject erased, key mismatch or expired)"
+                        .into(),
+                },
+                Some(msg) => match outcomes.next() {
+                    Some(Ok(provider_ref)) => {
+                        if let Some(p) = self.prefix_of(msg, send.prefix) {
+                            *delivered.entry(p).or_default() += 1;
+                        }
+                        DeliveryResult::Sent { provider_ref }
+                    }
+                    Some(Err(e)) => self.after_failure(send.attempts, send.not_after, e),
+                    None => self.after_failure(
+                        send.attempts,
+                        send.not_after,
+                        super::SendError::Temporary("the sink gave no outcome".into()),
+                    ),
+                },
+            };
+            if let DeliveryResult::Failed { error } = &result {
+                tracing::warn!(message_id = send.id, error = %error, "message failed");
             }
+            results.push((send.id, result));
         }
+        self.record_deliveries(delivered).await;
         if !results.is_empty() {
             self.store.finish_outbox(results, self.clock.now()).await?;
         }
         Ok(n)
     }
 
-    async fn deliver(&self, send: Send) -> DeliveryResult {
-        let Send {
-            message,
-            id,
-            attempts,
-            not_after,
-            prefix,
-        } = send;
-        let result = match message {
-            None => DeliveryResult::Failed {
-                error: "payload cannot be opened (subject erased, key mismatch or expired)".into(),
-            },
-            Some(msg) => match self.sink.send(&msg).await {
-                Ok(provider_ref) => {
-                    self.record_delivery(&msg, prefix).await;
-                    DeliveryResult::Sent { provider_ref }
-                }
-                Err(e) => self.after_failure(attempts, not_after, e),
-            },
-        };
-        if let DeliveryResult::Failed { error } = &result {
-            tracing::warn!(message_id = id, error = %error, "message failed");
-        }
-        result
+    /// The prefix a delivery counts under for the pumping detector: the start's when
+    /// it came with the message, else the number's. `None` without the detector.
+    fn prefix_of(&self, msg: &OutgoingMessage, handed_over: Option<Prefix>) -> Option<Prefix> {
+        let engine = self.abuse.as_ref()?;
+        handed_over.or_else(|| {
+            ringfence_phone::E164::parse(&msg.to, None)
+                .ok()
+                .and_then(|number| engine.prefix(&number))
+        })
     }
 
-    /// Counts a delivery for the pumping detector, under the start's prefix when it
-    /// came with the message, else under the number's.
-    async fn record_delivery(&self, msg: &OutgoingMessage, prefix: Option<Prefix>) {
+    async fn record_deliveries(&self, delivered: HashMap<Prefix, u64>) {
         let Some(engine) = &self.abuse else { return };
-        let prefix = match prefix {
-            Some(p) => Some(p),
-            None => ringfence_phone::E164::parse(&msg.to, None)
-                .ok()
-                .and_then(|number| engine.prefix(&number)),
-        };
-        if let Some(p) = prefix {
-            if let Err(e) = engine.record_delivery(&p, self.clock.now()).await {
-                tracing::warn!(error = %e, "delivery not recorded for the pumping detector");
-            }
+        if delivered.is_empty() {
+            return;
+        }
+        let counts: Vec<(Prefix, u64)> = delivered.into_iter().collect();
+        if let Err(e) = engine.record_deliveries(&counts, self.clock.now()).await {
+            tracing::warn!(error = %e, "deliveries not recorded for the pumping detector");
         }
     }
 
