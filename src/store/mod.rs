@@ -22,7 +22,7 @@ use crate::clock::Millis;
 use crate::crypto::BlindIndex;
 use crate::verify::{Channel, OtpCode, ServiceConfig, Status, VerifyError};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or refused work; worth retrying later.
     #[error("store unavailable: {0}")]

@@ -1,9 +1,11 @@
 //! What the PostgreSQL backend promises beyond the shared contract: a start that fails
 //! inside a batch fails alone (its savepoint is rolled back, not the batch), so no
 //! other request has to be sent again; starts lock no row of their service, which
-//! every start of every instance shares; and a batch whose locks time out leaves no
+//! every start of every instance shares; a number seen for the first time starts
+//! without waiting for its number's lock; and a batch whose locks time out leaves no
 //! connection behind in a failed transaction.
 
+use std::any::Any;
 use std::time::Duration;
 
 use ringfence::crypto::Keyring;
@@ -67,18 +69,14 @@ async fn on_postgres_starts_lock_no_row_of_their_service() {
     drop(opened.keep);
 }
 
-/// A batch begins and takes its numbers' locks in one round trip; when the locks fail
-/// (here on the statement timeout, while another session holds one), the transaction
-/// it began is left open and aborted on the server. With one connection in the pool,
-/// the next batch would get that connection and fail too, unless the failed batch's
-/// connection was closed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_postgres_a_batch_whose_locks_time_out_leaves_no_failed_transaction_behind() {
-    let Ok(url) = std::env::var("RINGFENCE_TEST_POSTGRES_URL") else {
-        return;
-    };
+/// A pool of one connection with a 300 ms statement timeout, and a second session
+/// that holds the advisory lock of `held`'s number in an open transaction.
+async fn one_connection_and_a_held_lock(
+    url: &str,
+    held: &str,
+) -> (Backend, Box<dyn Any + Send + Sync>, sqlx::PgConnection) {
     let keys = Keyring::ephemeral();
-    let (_pg, opened) = crate::postgres::open_pg_with(url.clone(), keys.codes.clone(), |s| {
+    let (_pg, opened) = crate::postgres::open_pg_with(url.to_owned(), keys.codes.clone(), |s| {
         s.max_connections = 1;
         s.statement_timeout = Duration::from_millis(300);
     })
@@ -88,13 +86,10 @@ async fn on_postgres_a_batch_whose_locks_time_out_leaves_no_failed_transaction_b
         keys,
         inspect: opened.inspect,
     };
-    let svc = b.service("signup", |_| {}).await;
-    let held = mobile(1);
-
-    let mut other = sqlx::PgConnection::connect(&url)
+    let mut other = sqlx::PgConnection::connect(url)
         .await
         .expect("a second session");
-    let (namespace, key) = number_lock(&b.blind(&held));
+    let (namespace, key) = number_lock(&b.blind(held));
     sqlx::query("BEGIN").execute(&mut other).await.unwrap();
     sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
         .bind(namespace)
@@ -102,9 +97,47 @@ async fn on_postgres_a_batch_whose_locks_time_out_leaves_no_failed_transaction_b
         .execute(&mut other)
         .await
         .unwrap();
+    (b, opened.keep, other)
+}
+
+/// The start of a number seen for the first time creates its subject, and whoever
+/// else starts the same number waits on that row: it needs no lock of its own, so a
+/// lock held elsewhere (here past the statement timeout) does not hold it up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_new_number_starts_without_its_number_lock() {
+    let Ok(url) = std::env::var("RINGFENCE_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let held = mobile(1);
+    let (b, keep, mut other) = one_connection_and_a_held_lock(&url, &held).await;
+    let svc = b.service("signup", |_| {}).await;
+    b.start(&svc, &held).started().await;
+    assert_eq!(b.inspect.counts().await.verifications, 1);
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    drop(keep);
+}
+
+/// A start that takes its number's lock (one with an Idempotency-Key) begins and locks
+/// in one round trip; when the lock fails (here on the statement timeout, while another
+/// session holds it), the transaction it began is left open and aborted on the server.
+/// With one connection in the pool, the next batch would get that connection and fail
+/// too, unless the failed batch's connection was closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_batch_whose_locks_time_out_leaves_no_failed_transaction_behind() {
+    let Ok(url) = std::env::var("RINGFENCE_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let held = mobile(1);
+    let (b, keep, mut other) = one_connection_and_a_held_lock(&url, &held).await;
+    let svc = b.service("signup", |_| {}).await;
     let timed_out = b
         .store
-        .start_verification(b.start(&svc, &held).prepare().cmd)
+        .start_verification(
+            b.start(&svc, &held)
+                .idempotency("key-1", "retry-1", 1)
+                .prepare()
+                .cmd,
+        )
         .await;
     assert!(
         matches!(timed_out, Err(StoreError::Unavailable(_))),
@@ -114,7 +147,11 @@ async fn on_postgres_a_batch_whose_locks_time_out_leaves_no_failed_transaction_b
 
     // The pool's one connection serves the next batches as if nothing had happened.
     b.start(&svc, &mobile(2)).at(T0 + 1).started().await;
-    b.start(&svc, &held).at(T0 + 2).started().await;
+    b.start(&svc, &held)
+        .idempotency("key-1", "retry-2", 1)
+        .at(T0 + 2)
+        .started()
+        .await;
     assert_eq!(b.inspect.counts().await.verifications, 2);
-    drop(opened.keep);
+    drop(keep);
 }

@@ -2,16 +2,22 @@
 //!
 //! The common start is a number seen for the first time, without an Idempotency-Key:
 //! for those the batch inserts every subject, verification and message with one
-//! statement whatever the batch's size. Every other start (a known number, an
-//! Idempotency-Key, a second start of one number in the same batch) runs the
-//! one-at-a-time `start` inside the same transaction, in a savepoint of its own, so
-//! that its failure rolls back only its own writes.
+//! statement whatever the batch's size, which commits by itself: one round trip. Every
+//! other start (a known number, an Idempotency-Key, a second start of one number in the
+//! same batch) runs the one-at-a-time `start` afterwards, in a transaction of its own,
+//! each in a savepoint so that its failure rolls back only its own writes.
 //!
-//! Locks are what keep this equivalent to one transaction per start: the batch first
-//! takes the advisory lock of every number it holds, in sorted order (so two batches
-//! never wait on each other in a cycle), exactly the lock `start` takes for one number.
-//! The slow path then locks, in id order, the pending verifications it may change, the
-//! order in which check batches lock them.
+//! Locks are what keep this equivalent to one transaction per start. The slow path
+//! first takes the advisory lock of every number it holds, in sorted order (so two
+//! batches never wait on each other in a cycle), exactly the lock `start` takes for one
+//! number, and then locks, in id order, the pending verifications it may change, the
+//! order in which check batches lock them. The fast path needs no lock: it only writes
+//! for numbers whose subject it creates, and the subjects' unique index decides who
+//! that is. A start for the same number elsewhere that inserts the subject at the same
+//! moment waits for this statement to commit and then finds the subject (and its
+//! pending verification) as if it had come second, or this statement waits for it and
+//! leaves the number to the slow path. Both paths insert subjects in the order of
+//! their blind index, so two of them never wait on each other in a cycle.
 
 use std::collections::{HashMap, HashSet};
 
@@ -24,7 +30,7 @@ use crate::store::{
     VerificationRow,
 };
 
-/// Applies a batch of starts in one transaction; see the module's comment.
+/// Applies a batch of starts; see the module's comment.
 pub(super) async fn run(
     pool: &PgPool,
     codes: &CodeHasher,
@@ -32,40 +38,41 @@ pub(super) async fn run(
     cmds: Vec<StartCmd>,
 ) -> StoreResult<Vec<StoreResult<StartOutcome>>> {
     let mut conn = pool.acquire().await?;
-    let applied = apply(&mut conn, codes, services, cmds).await;
-    if applied.is_err() {
-        // A failed batch may have left its transaction open on the server without sqlx
+    let (outs, healthy) = apply(&mut conn, codes, services, cmds).await;
+    if !healthy {
+        // A failed transaction may have been left open on the server without sqlx
         // knowing (see `begin_locked`): this connection serves no one else.
         conn.close_on_drop();
     }
-    applied
+    outs
 }
 
 // A `StartCmd` is `Send` but not `Sync` (its reseal closure), so no `&StartCmd` may
 // live across an `await`: what the statements need is taken out of the commands first.
+/// The outcomes, and whether the connection is fit for another batch.
 async fn apply(
     conn: &mut PgConnection,
     codes: &CodeHasher,
     services: &KnownServices,
     cmds: Vec<StartCmd>,
-) -> StoreResult<Vec<StoreResult<StartOutcome>>> {
-    let keys = lock_keys(&cmds);
-    let mut tx = begin_locked(conn, &keys).await?;
-    let known = services.existing(&mut tx, &service_ids(&cmds)).await?;
+) -> (StoreResult<Vec<StoreResult<StartOutcome>>>, bool) {
+    let known = match services.existing(conn, &service_ids(&cmds)).await {
+        Ok(known) => known,
+        Err(e) => return (Err(e), false),
+    };
     let unknown: Vec<bool> = cmds
         .iter()
         .map(|c| !known.contains(c.service_id.as_str()))
         .collect();
-    let mut fast = match fast_path(&mut tx, fresh_starts(codes, &cmds, &unknown)).await {
+    let mut fast = match fast_path(conn, fresh_starts(codes, &cmds, &unknown)).await {
         Ok(fast) => fast,
         // The connection or the server failed: so would everything else.
-        Err(e @ StoreError::Unavailable(_)) => return Err(e),
-        // One of the commands is at fault (the whole statement failed with it): start
-        // over and give each command its own savepoint, so it fails alone.
+        Err(e @ StoreError::Unavailable(_)) => return (Err(e), false),
+        // One of the commands is at fault (the whole statement failed with it, and
+        // wrote nothing): each command goes the slow path, in its own savepoint, so
+        // that it fails alone.
         Err(e) => {
             tracing::warn!(error = %e, starts = cmds.len(), "batched start failed; starting one at a time");
-            tx.rollback().await?;
-            tx = begin_locked(conn, &keys).await?;
             HashMap::new()
         }
     };
@@ -91,26 +98,55 @@ async fn apply(
             }
         }
     }
+    let mut healthy = true;
     if !slow.is_empty() {
-        let numbers: Vec<[u8; 32]> = slow.iter().map(|(_, c)| c.blind_index.0).collect();
-        lock_pending(&mut tx, &numbers).await?;
-        for (i, cmd) in slow {
-            outs[i] = Some(one_by_one(&mut tx, codes, cmd).await?);
+        let positions: Vec<usize> = slow.iter().map(|(i, _)| *i).collect();
+        match slow_path(conn, codes, slow).await {
+            Ok(done) => {
+                for (i, out) in done {
+                    outs[i] = Some(out);
+                }
+            }
+            // The fast path's starts are committed: only the slow path's fail.
+            Err(e) => {
+                healthy = false;
+                for i in positions {
+                    outs[i] = Some(Err(e.clone()));
+                }
+            }
         }
     }
-    tx.commit().await?;
-    Ok(outs
+    let outs = outs
         .into_iter()
         .map(|o| o.unwrap_or_else(|| Err(StoreError::Internal("a start was not applied".into()))))
-        .collect())
+        .collect();
+    (Ok(outs), healthy)
 }
 
-/// The advisory-lock keys of the batch's numbers, sorted, each once.
-fn lock_keys(cmds: &[StartCmd]) -> Vec<i32> {
-    let mut keys: Vec<i32> = cmds
-        .iter()
-        .map(|c| advisory_lock_key(&c.blind_index.0))
-        .collect();
+/// The starts the fast path left, one at a time in one transaction: their numbers
+/// locked first, then their pending verifications. They run in the order of their blind
+/// index (as the fast path inserts subjects), a number's starts in the batch's order.
+async fn slow_path(
+    conn: &mut PgConnection,
+    codes: &CodeHasher,
+    mut slow: Vec<(usize, StartCmd)>,
+) -> StoreResult<Vec<(usize, StoreResult<StartOutcome>)>> {
+    slow.sort_by(|(i, a), (j, b)| a.blind_index.0.cmp(&b.blind_index.0).then(i.cmp(j)));
+    let keys = lock_keys(slow.iter().map(|(_, c)| c));
+    let mut tx = begin_locked(conn, &keys).await?;
+    let numbers: Vec<[u8; 32]> = slow.iter().map(|(_, c)| c.blind_index.0).collect();
+    lock_pending(&mut tx, &numbers).await?;
+    let mut done = Vec::with_capacity(slow.len());
+    for (i, cmd) in slow {
+        done.push((i, one_by_one(&mut tx, codes, cmd).await?));
+    }
+    tx.commit().await?;
+    Ok(done)
+}
+
+/// The advisory-lock keys of the commands' numbers, sorted, each once.
+fn lock_keys<'a>(cmds: impl Iterator<Item = &'a StartCmd>) -> Vec<i32> {
+    let mut keys: Vec<i32> = cmds.map(|c| advisory_lock_key(&c.blind_index.0)).collect();
     keys.sort_unstable();
     keys.dedup();
     keys
@@ -146,14 +182,14 @@ async fn begin_locked<'c>(
 /// The services that exist, of those a batch names. Verifications refer to their
 /// service without a foreign key (migration 0006): this is what makes a start on an
 /// unknown service fail. Services are never deleted, so one found once exists for good:
-/// only the ids not found before are read, inside the batch's transaction.
+/// only the ids not found before are read.
 #[derive(Default)]
 pub(super) struct KnownServices(std::sync::RwLock<HashSet<String>>);
 
 impl KnownServices {
     async fn existing<'a>(
         &self,
-        tx: &mut Transaction<'_, Postgres>,
+        conn: &mut PgConnection,
         ids: &[&'a str],
     ) -> StoreResult<HashSet<&'a str>> {
         let unseen: Vec<&str> = {
@@ -167,7 +203,7 @@ impl KnownServices {
             let found: Vec<String> =
                 sqlx::query_scalar("SELECT id FROM services WHERE id = ANY($1)")
                     .bind(&unseen)
-                    .fetch_all(&mut **tx)
+                    .fetch_all(&mut *conn)
                     .await?;
             self.0
                 .write()
@@ -243,16 +279,22 @@ struct FreshStart<'a> {
 }
 
 /// The first start of each number of the batch, among those without an
-/// Idempotency-Key and on a service that exists (`unknown` is false), in batch order.
+/// Idempotency-Key and on a service that exists (`unknown` is false), in the order of
+/// their blind index.
 fn fresh_starts<'a>(
     codes: &CodeHasher,
     cmds: &'a [StartCmd],
     unknown: &[bool],
 ) -> Vec<FreshStart<'a>> {
     let mut seen = HashSet::new();
-    cmds.iter()
+    let mut firsts: Vec<(usize, &StartCmd)> = cmds
+        .iter()
         .enumerate()
         .filter(|&(i, c)| !unknown[i] && c.idempotency.is_none() && seen.insert(c.blind_index.0))
+        .collect();
+    firsts.sort_unstable_by_key(|(_, c)| c.blind_index.0);
+    firsts
+        .into_iter()
         .map(|(pos, c)| {
             let expires_at = c.now + i64::from(c.config.ttl_seconds) * 1000;
             FreshStart {
@@ -285,12 +327,13 @@ fn fresh_starts<'a>(
 }
 
 /// Inserts the subjects of the fresh starts' numbers, and for each subject that is
-/// new, its verification and its message, in one statement (one round trip whatever
-/// the batch's size). Returns the new verifications (and the id of their message when
+/// new, its verification and its message, in one statement that commits by itself
+/// (one round trip whatever the batch's size; `unnest` yields the rows, and so inserts
+/// the subjects, in the order of `fresh`). Returns the new verifications (and the id of their message when
 /// it was queued claimed) by their command's position; the other commands, whose
 /// number was already known, are left for the slow path.
 async fn fast_path(
-    tx: &mut Transaction<'_, Postgres>,
+    conn: &mut PgConnection,
     fresh: Vec<FreshStart<'_>>,
 ) -> StoreResult<HashMap<usize, (VerificationRow, Option<i64>)>> {
     if fresh.is_empty() {
@@ -363,7 +406,7 @@ async fn fast_path(
     .bind(&cols.payload)
     .bind(&cols.lease_until)
     .bind(&cols.prefix)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *conn)
     .await?;
 
     // The verification ids are the commands' own: each row finds its start by its id.
