@@ -2,20 +2,21 @@
 //! inside a batch fails alone (its savepoint is rolled back, not the batch), so no
 //! other request has to be sent again; starts lock no row of their service, which
 //! every start of every instance shares; a number seen for the first time starts
-//! without waiting for its number's lock; and a batch whose locks time out leaves no
-//! connection behind in a failed transaction.
+//! without waiting for its number's lock; a check's id is written into its batch's
+//! statement only when it has a verification id's form; and a batch of starts or
+//! checks whose locks time out leaves no connection behind in a failed transaction.
 
 use std::any::Any;
 use std::time::Duration;
 
 use ringfence::crypto::Keyring;
 use ringfence::store::postgres::number_lock;
-use ringfence::store::StoreError;
+use ringfence::store::{CheckOutcome, StoreError};
 use sqlx::Connection;
 
 use crate::backend::Backend;
 use crate::batching::two_bad_starts_among_many;
-use crate::fixtures::{mobile, T0};
+use crate::fixtures::{mobile, otp, CODE, SECOND, T0};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_postgres_a_failing_start_does_not_fail_the_others() {
@@ -69,14 +70,15 @@ async fn on_postgres_starts_lock_no_row_of_their_service() {
     drop(opened.keep);
 }
 
-/// A pool of one connection with a 300 ms statement timeout, and a second session
-/// that holds the advisory lock of `held`'s number in an open transaction.
+/// A pool of one connection with a 300 ms statement timeout, and a second session, on
+/// the store's schema, that holds the advisory lock of `held`'s number in an open
+/// transaction.
 async fn one_connection_and_a_held_lock(
     url: &str,
     held: &str,
 ) -> (Backend, Box<dyn Any + Send + Sync>, sqlx::PgConnection) {
     let keys = Keyring::ephemeral();
-    let (_pg, opened) = crate::postgres::open_pg_with(url.to_owned(), keys.codes.clone(), |s| {
+    let (pg, opened) = crate::postgres::open_pg_with(url.to_owned(), keys.codes.clone(), |s| {
         s.max_connections = 1;
         s.statement_timeout = Duration::from_millis(300);
     })
@@ -86,9 +88,17 @@ async fn one_connection_and_a_held_lock(
         keys,
         inspect: opened.inspect,
     };
+    let schema: String = sqlx::query_scalar("SELECT current_schema()")
+        .fetch_one(pg.pool())
+        .await
+        .expect("the store's schema");
     let mut other = sqlx::PgConnection::connect(url)
         .await
         .expect("a second session");
+    sqlx::query(&format!("SET search_path TO {schema}"))
+        .execute(&mut other)
+        .await
+        .unwrap();
     let (namespace, key) = number_lock(&b.blind(held));
     sqlx::query("BEGIN").execute(&mut other).await.unwrap();
     sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
@@ -153,5 +163,72 @@ async fn on_postgres_a_batch_whose_locks_time_out_leaves_no_failed_transaction_b
         .started()
         .await;
     assert_eq!(b.inspect.counts().await.verifications, 2);
+    drop(keep);
+}
+
+/// A batch of checks begins and locks its verifications in one round trip, their ids
+/// written into the statement: an id that is not of a verification's form (here one
+/// that would end the string and add a condition) is never written in, and is simply
+/// not found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_hostile_id_in_a_check_finds_nothing() {
+    let Ok(url) = std::env::var("RINGFENCE_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let keys = Keyring::ephemeral();
+    let opened = crate::postgres::open(url, keys.codes.clone()).await;
+    let b = Backend {
+        store: opened.store,
+        keys,
+        inspect: opened.inspect,
+    };
+    let svc = b.service("signup", |_| {}).await;
+    let v = b.start(&svc, &mobile(1)).started().await;
+    for id in ["VE' OR '1'='1", "ve' OR ''='", &v.id.to_uppercase(), ""] {
+        let out = b.store.check_verification(id, otp(CODE), T0 + SECOND).await;
+        assert!(matches!(out, Ok(CheckOutcome::NotFound)), "{id:?}: {out:?}");
+    }
+    let out = b
+        .store
+        .check_verification(&v.id, otp(CODE), T0 + SECOND)
+        .await;
+    assert!(matches!(out, Ok(CheckOutcome::Approved(_))), "{out:?}");
+    drop(opened.keep);
+}
+
+/// When a check batch's lock fails after its `BEGIN` (here on the statement timeout,
+/// while another session holds the verification's row), its connection is closed, so
+/// the next batch does not inherit an aborted transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_check_batch_whose_lock_times_out_leaves_no_failed_transaction_behind() {
+    let Ok(url) = std::env::var("RINGFENCE_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let (b, keep, mut other) = one_connection_and_a_held_lock(&url, &mobile(9)).await;
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    let svc = b.service("signup", |_| {}).await;
+    let v = b.start(&svc, &mobile(1)).started().await;
+
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query("SELECT 1 FROM verifications WHERE id = $1 FOR UPDATE")
+        .bind(&v.id)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let timed_out = b
+        .store
+        .check_verification(&v.id, otp(CODE), T0 + SECOND)
+        .await;
+    assert!(
+        matches!(timed_out, Err(StoreError::Unavailable(_))),
+        "a check waiting on its row past the statement timeout: {timed_out:?}"
+    );
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+
+    let out = b
+        .store
+        .check_verification(&v.id, otp(CODE), T0 + 2 * SECOND)
+        .await;
+    assert!(matches!(out, Ok(CheckOutcome::Approved(_))), "{out:?}");
     drop(keep);
 }
