@@ -2,9 +2,9 @@
 //! inside a batch fails alone (its savepoint is rolled back, not the batch), so no
 //! other request has to be sent again; starts lock no row of their service, which
 //! every start of every instance shares; a number seen for the first time starts
-//! without waiting for its number's lock; a check's id is written into its batch's
-//! statement only when it has a verification id's form; and a batch of starts or
-//! checks whose locks time out leaves no connection behind in a failed transaction.
+//! without waiting for its number's lock; a hostile id in a check finds nothing; and
+//! a batch of starts or checks whose locks time out leaves no connection behind in a
+//! failed transaction.
 
 use std::any::Any;
 use std::time::Duration;
@@ -166,10 +166,9 @@ async fn on_postgres_a_batch_whose_locks_time_out_leaves_no_failed_transaction_b
     drop(keep);
 }
 
-/// A batch of checks begins and locks its verifications in one round trip, their ids
-/// written into the statement: an id that is not of a verification's form (here one
-/// that would end the string and add a condition) is never written in, and is simply
-/// not found.
+/// Ids reach the batch's statement as a bound array: one that would end a string and
+/// add a condition if it were written into the SQL, or that differs from a real id
+/// only in case, is simply not found, and the batch's other checks go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_a_hostile_id_in_a_check_finds_nothing() {
     let Ok(url) = std::env::var("RINGFENCE_TEST_POSTGRES_URL") else {
@@ -196,9 +195,9 @@ async fn on_postgres_a_hostile_id_in_a_check_finds_nothing() {
     drop(opened.keep);
 }
 
-/// When a check batch's lock fails after its `BEGIN` (here on the statement timeout,
-/// while another session holds the verification's row), its connection is closed, so
-/// the next batch does not inherit an aborted transaction.
+/// When a check batch's lock fails inside its transaction (here on the statement
+/// timeout, while another session holds the verification's row), the next batch, on
+/// the pool's one connection, does not inherit an aborted transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_a_check_batch_whose_lock_times_out_leaves_no_failed_transaction_behind() {
     let Ok(url) = std::env::var("RINGFENCE_TEST_POSTGRES_URL") else {

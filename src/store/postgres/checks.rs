@@ -2,7 +2,7 @@
 //!
 //! One statement locks every verification the batch checks (in id order, so that two
 //! batches, or a batch and a start batch, never wait on each other in a cycle) together
-//! with its subject, sent with the `BEGIN` as one simple query (`begin_locked`). Each check is then decided in order by the pure
+//! with its subject. Each check is then decided in order by the pure
 //! `verify::plan_check` against the state the checks before it left: of several checks
 //! of one verification in a batch, the second sees the first's approval or wrong
 //! attempt exactly as it would after the first's commit. A check with a gate (the
@@ -15,8 +15,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sqlx::postgres::PgRow;
-use sqlx::{Executor, PgConnection, PgPool, Row};
+use sqlx::{PgPool, Row};
 
 use super::{subject_from, verification_from, SUBJECT_COLUMNS, VERIFICATION_COLUMNS};
 use crate::clock::Millis;
@@ -61,60 +60,19 @@ pub(super) async fn run(
     codes: &CodeHasher,
     reqs: Vec<CheckReq>,
 ) -> StoreResult<Vec<StoreResult<CheckOutcome>>> {
-    let mut conn = pool.acquire().await?;
-    let applied = apply(&mut conn, codes, reqs).await;
-    if applied.is_err() {
-        // The transaction `begin_locked` opened may still be open on the server, and
-        // sqlx does not know of it: this connection serves no one else.
-        conn.close_on_drop();
-    }
-    applied
-}
-
-/// Begins the batch's transaction and locks its verifications, with their subjects,
-/// in one round trip: `BEGIN` and the locking `SELECT` go as one simple query, the ids
-/// written into it (only ids of the form a verification id has, `VE` and 32 hex
-/// digits: any other names no verification, and could not be written in safely).
-/// The transaction is the connection's own, unknown to sqlx: `apply` ends it with
-/// `COMMIT`, and `run` closes the connection when it fails before that.
-async fn begin_locked(conn: &mut PgConnection, ids: &[&str]) -> StoreResult<Vec<PgRow>> {
-    let literals: Vec<String> = ids
-        .iter()
-        .filter(|id| is_verification_id(id))
-        .map(|id| format!("'{id}'"))
-        .collect();
-    if literals.is_empty() {
-        sqlx::query("BEGIN").execute(&mut *conn).await?;
-        return Ok(Vec::new());
-    }
-    let sql = format!(
-        "BEGIN; SELECT {VERIFICATION_COLUMNS}, {SUBJECT_COLUMNS}, v.code_hash, v.lockout_ms
-         FROM verifications v JOIN subjects s ON s.id = v.subject_id
-         WHERE v.id IN ({}) ORDER BY v.id FOR UPDATE OF v",
-        literals.join(",")
-    );
-    // The simple query protocol sends values as text, which sqlx decodes as well.
-    Ok(conn.fetch_all(sqlx::raw_sql(&sql)).await?)
-}
-
-/// Whether `id` has the form of a verification id (`app::new_verification_id`).
-fn is_verification_id(id: &str) -> bool {
-    id.len() == 34
-        && id.starts_with("VE")
-        && id[2..]
-            .bytes()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-async fn apply(
-    conn: &mut PgConnection,
-    codes: &CodeHasher,
-    reqs: Vec<CheckReq>,
-) -> StoreResult<Vec<StoreResult<CheckOutcome>>> {
     let mut ids: Vec<&str> = reqs.iter().map(|r| r.id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
-    let rows = begin_locked(conn, &ids).await?;
+
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query(&format!(
+        "SELECT {VERIFICATION_COLUMNS}, {SUBJECT_COLUMNS}, v.code_hash, v.lockout_ms
+         FROM verifications v JOIN subjects s ON s.id = v.subject_id
+         WHERE v.id = ANY($1) ORDER BY v.id FOR UPDATE OF v"
+    ))
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
 
     let mut current: HashMap<String, Current> = HashMap::with_capacity(rows.len());
     // Lockouts by (subject, service) that this batch raises.
@@ -291,7 +249,7 @@ async fn apply(
         .bind(&ended)
         .bind(&end_status)
         .bind(&ended_at)
-        .execute(&mut *conn)
+        .execute(&mut *tx)
         .await?;
     }
     if !locked_out.is_empty() {
@@ -309,7 +267,7 @@ async fn apply(
         )
         .bind(&subjects)
         .bind(&services)
-        .fetch_all(&mut *conn)
+        .fetch_all(&mut *tx)
         .await?;
         let mut until: HashMap<(i64, String), Millis> = HashMap::with_capacity(rows.len());
         for r in &rows {
@@ -322,6 +280,6 @@ async fn apply(
             outs[i] = Ok(CheckOutcome::Refused { v, why });
         }
     }
-    sqlx::query("COMMIT").execute(&mut *conn).await?;
+    tx.commit().await?;
     Ok(outs)
 }
