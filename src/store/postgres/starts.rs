@@ -329,9 +329,9 @@ fn fresh_starts<'a>(
 /// Inserts the subjects of the fresh starts' numbers, and for each subject that is
 /// new, its verification and its message, in one statement that commits by itself
 /// (one round trip whatever the batch's size; `unnest` yields the rows, and so inserts
-/// the subjects, in the order of `fresh`). Returns the new verifications (and the id of their message when
-/// it was queued claimed) by their command's position; the other commands, whose
-/// number was already known, are left for the slow path.
+/// the subjects, in the order of `fresh`). Returns the new verifications (and the id
+/// of their message when it was queued claimed) by their command's position; the
+/// other commands, whose number was already known, are left for the slow path.
 async fn fast_path(
     conn: &mut PgConnection,
     fresh: Vec<FreshStart<'_>>,
