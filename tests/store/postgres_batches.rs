@@ -10,8 +10,8 @@ use std::any::Any;
 use std::time::Duration;
 
 use ringfence::crypto::Keyring;
-use ringfence::store::postgres::number_lock;
-use ringfence::store::{CheckOutcome, StoreError};
+use ringfence::store::postgres::{number_lock, PgStore};
+use ringfence::store::{CheckOutcome, StartOutcome, StoreError};
 use sqlx::Connection;
 
 use crate::backend::Backend;
@@ -70,6 +70,22 @@ async fn on_postgres_starts_lock_no_row_of_their_service() {
     drop(opened.keep);
 }
 
+/// A session of its own on the store's schema, as another instance would have.
+async fn other_session(url: &str, pg: &PgStore) -> sqlx::PgConnection {
+    let schema: String = sqlx::query_scalar("SELECT current_schema()")
+        .fetch_one(pg.pool())
+        .await
+        .expect("the store's schema");
+    let mut other = sqlx::PgConnection::connect(url)
+        .await
+        .expect("a second session");
+    sqlx::query(&format!("SET search_path TO {schema}"))
+        .execute(&mut other)
+        .await
+        .expect("the store's schema");
+    other
+}
+
 /// A pool of one connection with a 300 ms statement timeout, and a second session, on
 /// the store's schema, that holds the advisory lock of `held`'s number in an open
 /// transaction.
@@ -88,17 +104,7 @@ async fn one_connection_and_a_held_lock(
         keys,
         inspect: opened.inspect,
     };
-    let schema: String = sqlx::query_scalar("SELECT current_schema()")
-        .fetch_one(pg.pool())
-        .await
-        .expect("the store's schema");
-    let mut other = sqlx::PgConnection::connect(url)
-        .await
-        .expect("a second session");
-    sqlx::query(&format!("SET search_path TO {schema}"))
-        .execute(&mut other)
-        .await
-        .unwrap();
+    let mut other = other_session(url, &pg).await;
     let (namespace, key) = number_lock(&b.blind(held));
     sqlx::query("BEGIN").execute(&mut other).await.unwrap();
     sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
@@ -230,4 +236,72 @@ async fn on_postgres_a_check_batch_whose_lock_times_out_leaves_no_failed_transac
         .await;
     assert!(matches!(out, Ok(CheckOutcome::Approved(_))), "{out:?}");
     drop(keep);
+}
+
+/// Without a lock, a new number's start meets a concurrent creator of the same subject
+/// at the subjects' unique index: it waits for that transaction and, once it commits,
+/// leaves the number to the slow path, which finds the subject and starts on it (the
+/// message sealed again under that subject's key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_new_numbers_start_waits_for_a_concurrent_creator_of_its_subject() {
+    let Ok(url) = std::env::var("RINGFENCE_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let keys = Keyring::ephemeral();
+    let (pg, opened) = crate::postgres::open_pg(url.clone(), keys.codes.clone()).await;
+    let b = Backend {
+        store: opened.store,
+        keys,
+        inspect: opened.inspect,
+    };
+    let svc = b.service("signup", |_| {}).await;
+    let number = mobile(1);
+    let mut other = other_session(&url, &pg).await;
+
+    // The other creator: the number's subject, sealed as a start would seal it, not yet
+    // committed.
+    let theirs = b.start(&svc, &number).prepare().cmd;
+    let s = &theirs.new_subject;
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    let their_subject: i64 = sqlx::query_scalar(
+        "INSERT INTO subjects (blind_index, wrapped_key, phone_ct, country_code, region, number_type, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+    )
+    .bind(&theirs.blind_index.0[..])
+    .bind(&s.wrapped_key)
+    .bind(&s.phone_ct)
+    .bind(i32::from(s.country_code))
+    .bind(&s.region)
+    .bind(s.number_type)
+    .bind(T0)
+    .fetch_one(&mut other)
+    .await
+    .unwrap();
+
+    let ours = b.start(&svc, &number).prepare();
+    let resealed = ours.resealed.clone();
+    let store = b.store.clone();
+    let start = tokio::spawn(async move { store.start_verification(ours.cmd).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !start.is_finished(),
+        "the start waits for the other creator"
+    );
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+
+    match start.await.expect("start task").expect("start") {
+        StartOutcome::Started {
+            verification,
+            resent: false,
+            ..
+        } => assert_eq!(verification.subject_id, their_subject),
+        other => panic!("unexpected outcome {other:?}"),
+    }
+    assert!(
+        resealed.load(std::sync::atomic::Ordering::SeqCst),
+        "the message was sealed again under the subject's key"
+    );
+    let counts = b.inspect.counts().await;
+    assert_eq!((counts.subjects, counts.verifications), (1, 1));
+    drop(opened.keep);
 }
