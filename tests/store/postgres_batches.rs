@@ -7,10 +7,11 @@
 //! failed transaction.
 
 use std::any::Any;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ringfence::crypto::Keyring;
-use ringfence::store::postgres::{number_lock, PgStore};
+use ringfence::store::postgres::{number_lock, PgSettings, PgStore};
 use ringfence::store::{CheckOutcome, StartOutcome, StoreError};
 use sqlx::Connection;
 
@@ -18,21 +19,40 @@ use crate::backend::Backend;
 use crate::batching::two_bad_starts_among_many;
 use crate::fixtures::{mobile, otp, CODE, SECOND, T0};
 
+/// A store on a fresh schema of the test PostgreSQL server, tuned by `tune`; `None`
+/// when `RINGFENCE_TEST_POSTGRES_URL` is not set.
+struct OnPostgres {
+    b: Backend,
+    pg: Arc<PgStore>,
+    /// Whatever must outlive the store (its schema is dropped after).
+    keep: Box<dyn Any + Send + Sync>,
+    url: String,
+}
+
+async fn on_postgres(tune: impl FnOnce(&mut PgSettings)) -> Option<OnPostgres> {
+    let url = std::env::var("RINGFENCE_TEST_POSTGRES_URL").ok()?;
+    let keys = Keyring::ephemeral();
+    let (pg, opened) = crate::postgres::open_pg_with(url.clone(), keys.codes.clone(), tune).await;
+    Some(OnPostgres {
+        b: Backend {
+            store: opened.store,
+            keys,
+            inspect: opened.inspect,
+        },
+        pg,
+        keep: opened.keep,
+        url,
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_postgres_a_failing_start_does_not_fail_the_others() {
-    let Ok(url) = std::env::var("RINGFENCE_TEST_POSTGRES_URL") else {
+    let Some(OnPostgres { b, keep, .. }) = on_postgres(|_| {}).await else {
         return;
-    };
-    let keys = Keyring::ephemeral();
-    let opened = crate::postgres::open(url, keys.codes.clone()).await;
-    let b = Backend {
-        store: opened.store,
-        keys,
-        inspect: opened.inspect,
     };
     let retried = two_bad_starts_among_many(&b).await;
     assert_eq!(retried, Vec::<usize>::new(), "no other start failed");
-    drop(opened.keep);
+    drop(keep);
 }
 
 /// A foreign key from verifications to services would take a row lock (`FOR KEY
@@ -41,15 +61,8 @@ async fn on_postgres_a_failing_start_does_not_fail_the_others() {
 /// never locked nor updated since its insert keeps `xmax` at 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_postgres_starts_lock_no_row_of_their_service() {
-    let Ok(url) = std::env::var("RINGFENCE_TEST_POSTGRES_URL") else {
+    let Some(OnPostgres { b, pg, keep, .. }) = on_postgres(|_| {}).await else {
         return;
-    };
-    let keys = Keyring::ephemeral();
-    let (pg, opened) = crate::postgres::open_pg(url, keys.codes.clone()).await;
-    let b = Backend {
-        store: opened.store,
-        keys,
-        inspect: opened.inspect,
     };
     let svc = b.service("signup", |_| {}).await;
     let xmax = || async {
@@ -67,7 +80,7 @@ async fn on_postgres_starts_lock_no_row_of_their_service() {
     futures::future::join_all(starts).await;
     assert_eq!(b.inspect.counts().await.verifications, 8);
     assert_eq!(xmax().await, "0", "the service's row after eight starts");
-    drop(opened.keep);
+    drop(keep);
 }
 
 /// A session of its own on the store's schema, as another instance would have.
@@ -89,23 +102,14 @@ async fn other_session(url: &str, pg: &PgStore) -> sqlx::PgConnection {
 /// A pool of one connection with a 300 ms statement timeout, and a second session, on
 /// the store's schema, that holds the advisory lock of `held`'s number in an open
 /// transaction.
-async fn one_connection_and_a_held_lock(
-    url: &str,
-    held: &str,
-) -> (Backend, Box<dyn Any + Send + Sync>, sqlx::PgConnection) {
-    let keys = Keyring::ephemeral();
-    let (pg, opened) = crate::postgres::open_pg_with(url.to_owned(), keys.codes.clone(), |s| {
+async fn one_connection_and_a_held_lock(held: &str) -> Option<(OnPostgres, sqlx::PgConnection)> {
+    let on = on_postgres(|s| {
         s.max_connections = 1;
         s.statement_timeout = Duration::from_millis(300);
     })
-    .await;
-    let b = Backend {
-        store: opened.store,
-        keys,
-        inspect: opened.inspect,
-    };
-    let mut other = other_session(url, &pg).await;
-    let (namespace, key) = number_lock(&b.blind(held));
+    .await?;
+    let mut other = other_session(&on.url, &on.pg).await;
+    let (namespace, key) = number_lock(&on.b.blind(held));
     sqlx::query("BEGIN").execute(&mut other).await.unwrap();
     sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
         .bind(namespace)
@@ -113,7 +117,7 @@ async fn one_connection_and_a_held_lock(
         .execute(&mut other)
         .await
         .unwrap();
-    (b, opened.keep, other)
+    Some((on, other))
 }
 
 /// The start of a number seen for the first time creates its subject, and whoever
@@ -121,11 +125,11 @@ async fn one_connection_and_a_held_lock(
 /// lock held elsewhere (here past the statement timeout) does not hold it up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_a_new_number_starts_without_its_number_lock() {
-    let Ok(url) = std::env::var("RINGFENCE_TEST_POSTGRES_URL") else {
+    let held = mobile(1);
+    let Some((OnPostgres { b, keep, .. }, mut other)) = one_connection_and_a_held_lock(&held).await
+    else {
         return;
     };
-    let held = mobile(1);
-    let (b, keep, mut other) = one_connection_and_a_held_lock(&url, &held).await;
     let svc = b.service("signup", |_| {}).await;
     b.start(&svc, &held).started().await;
     assert_eq!(b.inspect.counts().await.verifications, 1);
@@ -140,11 +144,11 @@ async fn on_postgres_a_new_number_starts_without_its_number_lock() {
 /// too, unless the failed batch's connection was closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_a_batch_whose_locks_time_out_leaves_no_failed_transaction_behind() {
-    let Ok(url) = std::env::var("RINGFENCE_TEST_POSTGRES_URL") else {
+    let held = mobile(1);
+    let Some((OnPostgres { b, keep, .. }, mut other)) = one_connection_and_a_held_lock(&held).await
+    else {
         return;
     };
-    let held = mobile(1);
-    let (b, keep, mut other) = one_connection_and_a_held_lock(&url, &held).await;
     let svc = b.service("signup", |_| {}).await;
     let timed_out = b
         .store
@@ -177,15 +181,8 @@ async fn on_postgres_a_batch_whose_locks_time_out_leaves_no_failed_transaction_b
 /// only in case, is simply not found, and the batch's other checks go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_a_hostile_id_in_a_check_finds_nothing() {
-    let Ok(url) = std::env::var("RINGFENCE_TEST_POSTGRES_URL") else {
+    let Some(OnPostgres { b, keep, .. }) = on_postgres(|_| {}).await else {
         return;
-    };
-    let keys = Keyring::ephemeral();
-    let opened = crate::postgres::open(url, keys.codes.clone()).await;
-    let b = Backend {
-        store: opened.store,
-        keys,
-        inspect: opened.inspect,
     };
     let svc = b.service("signup", |_| {}).await;
     let v = b.start(&svc, &mobile(1)).started().await;
@@ -198,7 +195,7 @@ async fn on_postgres_a_hostile_id_in_a_check_finds_nothing() {
         .check_verification(&v.id, otp(CODE), T0 + SECOND)
         .await;
     assert!(matches!(out, Ok(CheckOutcome::Approved(_))), "{out:?}");
-    drop(opened.keep);
+    drop(keep);
 }
 
 /// When a check batch's lock fails inside its transaction (here on the statement
@@ -206,10 +203,11 @@ async fn on_postgres_a_hostile_id_in_a_check_finds_nothing() {
 /// the pool's one connection, does not inherit an aborted transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_a_check_batch_whose_lock_times_out_leaves_no_failed_transaction_behind() {
-    let Ok(url) = std::env::var("RINGFENCE_TEST_POSTGRES_URL") else {
+    let Some((OnPostgres { b, keep, .. }, mut other)) =
+        one_connection_and_a_held_lock(&mobile(9)).await
+    else {
         return;
     };
-    let (b, keep, mut other) = one_connection_and_a_held_lock(&url, &mobile(9)).await;
     sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
     let svc = b.service("signup", |_| {}).await;
     let v = b.start(&svc, &mobile(1)).started().await;
@@ -244,15 +242,8 @@ async fn on_postgres_a_check_batch_whose_lock_times_out_leaves_no_failed_transac
 /// message sealed again under that subject's key).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_a_new_numbers_start_waits_for_a_concurrent_creator_of_its_subject() {
-    let Ok(url) = std::env::var("RINGFENCE_TEST_POSTGRES_URL") else {
+    let Some(OnPostgres { b, pg, keep, url }) = on_postgres(|_| {}).await else {
         return;
-    };
-    let keys = Keyring::ephemeral();
-    let (pg, opened) = crate::postgres::open_pg(url.clone(), keys.codes.clone()).await;
-    let b = Backend {
-        store: opened.store,
-        keys,
-        inspect: opened.inspect,
     };
     let svc = b.service("signup", |_| {}).await;
     let number = mobile(1);
@@ -303,5 +294,5 @@ async fn on_postgres_a_new_numbers_start_waits_for_a_concurrent_creator_of_its_s
     );
     let counts = b.inspect.counts().await;
     assert_eq!((counts.subjects, counts.verifications), (1, 1));
-    drop(opened.keep);
+    drop(keep);
 }
