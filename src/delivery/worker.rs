@@ -70,14 +70,13 @@ pub struct OutboxWorker {
 impl OutboxWorker {
     /// Runs until `stop` turns true, then sends what was already handed over.
     pub async fn run(self, mut handoffs: mpsc::Receiver<Handoff>, mut stop: watch::Receiver<bool>) {
-        let this = Arc::new(self);
-        let batch = this.settings.batch as usize;
+        let batch = self.settings.batch as usize;
         let mut hot = Vec::with_capacity(batch);
         loop {
             if *stop.borrow() {
                 handoffs.close();
                 while !hot.is_empty() || handoffs.recv_many(&mut hot, batch).await > 0 {
-                    this.send_handed_over(std::mem::take(&mut hot)).await;
+                    self.send_handed_over(std::mem::take(&mut hot)).await;
                 }
                 return;
             }
@@ -90,11 +89,11 @@ impl OutboxWorker {
                 }
             }
             if !hot.is_empty() {
-                this.send_handed_over(std::mem::take(&mut hot)).await;
-                this.coalesce(&mut stop).await;
+                self.send_handed_over(std::mem::take(&mut hot)).await;
+                self.coalesce(&mut stop).await;
                 continue;
             }
-            let handled = match this.round().await {
+            let handled = match self.round().await {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::warn!(error = %e, "outbox round failed; retrying");
@@ -105,14 +104,14 @@ impl OutboxWorker {
                 continue;
             }
             if handled > 0 {
-                this.coalesce(&mut stop).await;
+                self.coalesce(&mut stop).await;
                 continue;
             }
-            let sleep = this.idle_sleep().await;
+            let sleep = self.idle_sleep().await;
             tokio::select! {
                 // Sent at the top of the loop, with whatever else has arrived.
                 _ = handoffs.recv_many(&mut hot, batch) => {}
-                _ = this.wake.notified() => {}
+                _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}
                 _ = stop.changed() => {}
             }
@@ -141,7 +140,7 @@ impl OutboxWorker {
     }
 
     /// One claim and its sends; returns how many messages were handled.
-    pub async fn round(self: &Arc<Self>) -> Result<usize, crate::store::StoreError> {
+    pub async fn round(&self) -> Result<usize, crate::store::StoreError> {
         let now = self.clock.now();
         let lease_ms = self.settings.lease.as_millis() as i64;
         let claim = self
@@ -165,7 +164,7 @@ impl OutboxWorker {
     }
 
     /// Sends messages handed over by the HTTP side (claimed when they were queued).
-    async fn send_handed_over(self: &Arc<Self>, handoffs: Vec<Handoff>) {
+    async fn send_handed_over(&self, handoffs: Vec<Handoff>) {
         let now = self.clock.now();
         let sends = handoffs
             .into_iter()

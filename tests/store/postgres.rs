@@ -12,15 +12,11 @@ use sqlx::Row;
 use crate::backend::{Counts, Inspect, Opened, OutboxRow};
 
 pub async fn open(url: String, codes: CodeHasher) -> Opened {
-    open_pg(url, codes).await.1
+    open_pg_with(url, codes, |_| {}).await.1
 }
 
-/// [`open`], with the store as its own type, for tests that read the schema directly.
-pub async fn open_pg(url: String, codes: CodeHasher) -> (Arc<PgStore>, Opened) {
-    open_pg_with(url, codes, |_| {}).await
-}
-
-/// [`open_pg`], with the store's settings as `tune` leaves them.
+/// [`open`], with the store's settings as `tune` leaves them, and the store as its own
+/// type, for tests that read the schema directly.
 pub async fn open_pg_with(
     url: String,
     codes: CodeHasher,
