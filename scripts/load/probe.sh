@@ -6,11 +6,12 @@
 #
 # Starts `ringfence serve` as run.sh does (a fresh data dir, the file sink, every rate
 # limit raised out of reach), probes the ceiling (GET /healthz) for 4 s, then runs
-# SECONDS of starts with wrk at $CONNS connections (32), early in a two-minute window.
-# Prints starts/s, their p99 and share of the ceiling; the server's CPU per start by
+# SECONDS of starts with wrk at $CONNS connections (32), early in a two-minute window,
+# and with CHECKS=1 half as long of checks of the codes those starts sent. Prints, for
+# each: the rate, its p99 and share of the ceiling; the server's CPU per request by
 # thread (the SQLite threads, the async threads), and that of PostgreSQL and Redis;
-# how busy the machine was (/proc/stat); and the bytes the SQLite writer thread wrote
-# per start (/proc/PID/task/TID/io).
+# how busy the machine was (/proc/stat, steal included); and the bytes the SQLite
+# writer thread wrote per request (/proc/PID/task/TID/io).
 #
 # Environment:
 #   RINGFENCE_BIN=path   the binary to run (default: target/release/ringfence, unbuilt)
@@ -19,6 +20,7 @@
 #                        load leaves there (closed prefixes, a day's spend) would
 #                        change what a test sees: use one nothing else uses, such as
 #                        redis://127.0.0.1:6379/9 (run.sh's), never the tests'
+#   CHECKS=1             checks each code the starts sent, for SECONDS / 2, after them
 #   SQL='…'              statements run on the SQLite database before the load, with
 #                        the sqlite3 shell (an experiment on the schema, say)
 #   WRITER_STATE=1       samples the SQLite writer's state during the load
@@ -79,7 +81,39 @@ other_ticks() {
 WRITER=$( (grep -l '^rf-sqlite-write' /proc/"$PID"/task/*/comm || true) | head -1 | xargs -r dirname)
 written() { [ -n "$WRITER" ] && awk '/^wchar/ {print $2}' "$WRITER/io" || echo 0; }
 
-S0=$(server_ticks); O0=$(other_ticks); M0=$(head -1 /proc/stat); W0=$(written)
+# Runs wrk with the given arguments for SECONDS and reports per request of the run:
+# the rate, its p99 and share of the ceiling, CPU by thread group and beside the
+# server, how busy the machine was, and the writer's bytes.
+measure() { # what (a request's name, for the report), seconds, wrk args...
+  local what=$1 secs=$2; shift 2
+  local s0 o0 m0 w0 s1 o1 m1 w1 out n
+  s0=$(server_ticks); o0=$(other_ticks); m0=$(head -1 /proc/stat); w0=$(written)
+  out=$(wrk -t2 -c"$CONNS" -d"${secs}s" --latency "$@" "http://127.0.0.1:$PORT")
+  s1=$(server_ticks); o1=$(other_ticks); m1=$(head -1 /proc/stat); w1=$(written)
+  n=$(echo "$out" | awk '/requests in/ {print $1}')
+  echo "$out" | grep -E "non-2xx" || true
+  python3 - "$what" "$CEILING" "$out" "$n" "$s0" "$s1" "$o0" "$o1" "$m0" "$m1" "$w0" "$w1" <<'PY'
+import sys
+what, ceiling, out, n = sys.argv[1], float(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+rate = float(next(l.split()[1] for l in out.splitlines() if "Requests/sec" in l))
+p99 = next(l.split()[1] for l in out.splitlines() if l.strip().startswith("99%"))
+print(f"ceiling {ceiling:,.0f} req/s; {what}s {rate:,.0f}/s ({100 * rate / ceiling:.1f} % of the ceiling), p99 {p99}")
+hz = 100  # clock ticks per second (USER_HZ)
+def per_op(a, b):
+    a = dict(x.split("=") for x in a.split()); b = dict(x.split("=") for x in b.split())
+    return " ".join(f"{k} {(int(b[k]) - int(a.get(k, 0))) * 1e6 / hz / n:.0f}" for k in sorted(b))
+print(f"CPU µs per {what}: server:", per_op(sys.argv[5], sys.argv[6]), "| beside it:", per_op(sys.argv[7], sys.argv[8]))
+m0 = [int(x) for x in sys.argv[9].split()[1:]]; m1 = [int(x) for x in sys.argv[10].split()[1:]]
+d = [b - a for a, b in zip(m0, m1)]; total = sum(d); idle = d[3] + d[4]
+print(f"machine: {100 * (total - idle) / total:.0f} % busy (user {100 * d[0] / total:.0f}, system {100 * d[2] / total:.0f}, "
+      f"softirq {100 * d[6] / total:.0f}, iowait {100 * d[4] / total:.0f}, steal {100 * d[7] / total:.0f}), "
+      f"{(total - idle) * 1e6 / hz / n:.0f} µs busy per {what}")
+w = int(sys.argv[12]) - int(sys.argv[11])
+if w: print(f"the SQLite writer wrote {w / n:,.0f} bytes per {what}")
+PY
+  echo "requests: $n"
+}
+
 HELPERS=()
 if [ -n "${WRITER_STATE:-}" ] && [ -n "$WRITER" ]; then
   (sleep 2; python3 scripts/load/writer-state.py "$WRITER" $((SECS - 4)) >"$WORK/state.out") &
@@ -89,30 +123,14 @@ if [ -n "${WAL_FRAMES:-}" ]; then
   (sleep 6; cp "$WORK/data/ringfence.db-wal" "$WORK/wal.copy") &
   HELPERS+=($!)
 fi
-OUT=$(wrk -t2 -c"$CONNS" -d"${SECS}s" --latency -s scripts/load/start.lua "http://127.0.0.1:$PORT")
-S1=$(server_ticks); O1=$(other_ticks); M1=$(head -1 /proc/stat); W1=$(written)
+measure start "$SECS" -s scripts/load/start.lua
 [ ${#HELPERS[@]} -gt 0 ] && wait "${HELPERS[@]}"
-
-N=$(echo "$OUT" | awk '/requests in/ {print $1}')
-python3 - "$CEILING" "$OUT" "$N" "$S0" "$S1" "$O0" "$O1" "$M0" "$M1" "$W0" "$W1" <<'PY'
-import sys
-ceiling, out, n = float(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-rate = float(next(l.split()[1] for l in out.splitlines() if "Requests/sec" in l))
-p99 = next(l.split()[1] for l in out.splitlines() if l.strip().startswith("99%"))
-print(f"ceiling {ceiling:,.0f} req/s; starts {rate:,.0f}/s ({100 * rate / ceiling:.1f} % of the ceiling), p99 {p99}")
-hz = 100  # clock ticks per second (USER_HZ)
-def per_start(a, b):
-    a = dict(x.split("=") for x in a.split()); b = dict(x.split("=") for x in b.split())
-    return " ".join(f"{k} {(int(b[k]) - int(a.get(k, 0))) * 1e6 / hz / n:.0f}" for k in sorted(b))
-print("CPU µs per start: server:", per_start(sys.argv[4], sys.argv[5]), "| beside it:", per_start(sys.argv[6], sys.argv[7]))
-m0 = [int(x) for x in sys.argv[8].split()[1:]]; m1 = [int(x) for x in sys.argv[9].split()[1:]]
-d = [b - a for a, b in zip(m0, m1)]; total = sum(d); idle = d[3] + d[4]
-print(f"machine: {100 * (total - idle) / total:.0f} % busy (user {100 * d[0] / total:.0f}, system {100 * d[2] / total:.0f}, "
-      f"softirq {100 * d[6] / total:.0f}, iowait {100 * d[4] / total:.0f}), {(total - idle) * 1e6 / hz / n:.0f} µs busy per start")
-w = int(sys.argv[11]) - int(sys.argv[10])
-if w: print(f"the SQLite writer wrote {w / n:,.0f} bytes per start")
-PY
-echo "messages in the sink: $(wc -l <"$WORK/sms.jsonl"), requests: $N"
+if [ -n "${CHECKS:-}" ]; then
+  pairs_from_sink "$WORK/sms.jsonl" "$WORK/pairs.txt"
+  PAIRS="$WORK/pairs.txt" WRK_THREADS=2 measure check $((SECS / 2)) -s scripts/load/check.lua
+else
+  echo "messages in the sink: $(wc -l <"$WORK/sms.jsonl")"
+fi
 [ -s "$WORK/state.out" ] && { echo "the SQLite writer's state:"; cat "$WORK/state.out"; }
 if [ -s "$WORK/wal.copy" ]; then
   sqlite3 "$WORK/data/ringfence.db" "SELECT name, pageno FROM dbstat" >"$WORK/pages.txt"

@@ -96,29 +96,7 @@ for MODE in $MODES; do
   wait_for_fresh_window "$STARTS_FOR"
   wrk_run "starts: POST /v1/verifications (fresh numbers)" "$STARTS_FOR" -s scripts/load/start.lua "http://127.0.0.1:$PORT"
 
-  # Let the outbox drain (the sink file stops growing), then pair each verification id
-  # with its code.
-  # Drained = no new message for 2 s (a worker between rounds can pause for more than
-  # half a second).
-  last=-1; still=0
-  for _ in $(seq 600); do
-    now=$(wc -l <"$WORK/sms.jsonl")
-    if [ "$now" = "$last" ]; then still=$((still + 1)); else still=0; fi
-    [ "$still" -ge 4 ] && break
-    last=$now
-    sleep 0.5
-  done
-  python3 - "$WORK/sms.jsonl" "$WORK/pairs.txt" <<'PY'
-import json, re, sys
-n = 0
-with open(sys.argv[1]) as f, open(sys.argv[2], "w") as out:
-    for line in f:
-        m = json.loads(line)
-        code = re.search(r"\d{4,10}", m["body"]).group()
-        out.write(f'{m["verification_id"]} {code}\n')
-        n += 1
-print(f"   messages delivered to the sink: {n}")
-PY
+  pairs_from_sink "$WORK/sms.jsonl" "$WORK/pairs.txt" | sed 's/^/   /'
   PAIRS="$WORK/pairs.txt" WRK_THREADS="$THREADS" wrk_run "checks: POST /v1/verifications/{id}/check (right code, each once)" "$DURATION" \
     -s scripts/load/check.lua "http://127.0.0.1:$PORT"
   echo "-- server peak RSS: $(awk '/VmHWM/ {printf "%.1f MiB", $2/1024}' /proc/$PID/status)"

@@ -1,6 +1,7 @@
-# Sourced by run.sh and probe.sh: starts the server for a load.
+# Sourced by run.sh and probe.sh: starts the server for a load, and pairs what it sent.
 #
 #   start_server BIN WORK PORT STORE_ARGS...
+#   pairs_from_sink SINK PAIRS
 #
 # creates an API key (exported as RINGFENCE_KEY), starts `BIN serve` on a data dir in
 # WORK with the file sink WORK/sms.jsonl, sets PID, waits until it answers, and raises
@@ -23,4 +24,29 @@ start_server() {
          \"sends_per_account\": $high, \"sends_per_device\": $high, \"sends_per_prefix\": $high,
          \"sends_per_country\": $high, \"sends_per_service\": $high, \"wrong_codes_per_number\": $high}}}" >/dev/null
   sleep 2.5 # the service cache's time to live
+}
+
+# Waits until the outbox has drained (the sink file has had no new line for 2 s: a
+# worker between rounds can pause for more than half a second), then writes one
+# "verification_id code" line per message of the sink to PAIRS, for check.lua.
+pairs_from_sink() {
+  local sink=$1 pairs=$2 last=-1 still=0 now
+  for _ in $(seq 600); do
+    now=$(wc -l <"$sink")
+    if [ "$now" = "$last" ]; then still=$((still + 1)); else still=0; fi
+    [ "$still" -ge 4 ] && break
+    last=$now
+    sleep 0.5
+  done
+  python3 - "$sink" "$pairs" <<'PY'
+import json, re, sys
+n = 0
+with open(sys.argv[1]) as f, open(sys.argv[2], "w") as out:
+    for line in f:
+        m = json.loads(line)
+        code = re.search(r"\d{4,10}", m["body"]).group()
+        out.write(f'{m["verification_id"]} {code}\n')
+        n += 1
+print(f"messages delivered to the sink: {n}")
+PY
 }
