@@ -16,6 +16,8 @@
 # Environment:
 #   RINGFENCE_BIN=path   the binary to run (default: target/release/ringfence, unbuilt)
 #   POSTGRES_URL=url     store on PostgreSQL, in a fresh database on that server
+#   PG_CREATE_OPTS='…'   options of that database's CREATE DATABASE (an experiment:
+#                        "TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'", say)
 #   REDIS_URL=url        counters in Redis; its database is emptied first, and what the
 #                        load leaves there (closed prefixes, a day's spend) would
 #                        change what a test sees: use one nothing else uses, such as
@@ -51,7 +53,7 @@ trap cleanup EXIT
 STORE=()
 if [ -n "${POSTGRES_URL:-}" ]; then
   DB="rf_probe_$$"
-  psql "$POSTGRES_URL" -qc "CREATE DATABASE $DB"
+  psql "$POSTGRES_URL" -qc "CREATE DATABASE $DB ${PG_CREATE_OPTS:-}"
   STORE=(--database-url "${POSTGRES_URL%/*}/$DB?sslmode=disable")
 fi
 if [ -n "${REDIS_URL:-}" ]; then

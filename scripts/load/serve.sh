@@ -3,8 +3,9 @@
 #   start_server BIN WORK PORT STORE_ARGS...
 #   pairs_from_sink SINK PAIRS
 #
-# creates an API key (exported as RINGFENCE_KEY), starts `BIN serve` on a data dir in
-# WORK with the file sink WORK/sms.jsonl, sets PID, waits until it answers, and raises
+# creates an API key (exported as RINGFENCE_KEY), starts `BIN serve` (under $RUNNER
+# when set, such as valgrind) on a data dir in WORK with the file sink WORK/sms.jsonl,
+# sets PID, waits until it answers (up to 60 s), and raises
 # every rate limit of the default service out of reach: the load's numbers are
 # sequential, so they share prefixes, and every limit stays on (its cost is part of the
 # figures) without ever refusing.
@@ -13,10 +14,11 @@ start_server() {
   shift 3
   export RINGFENCE_KEY
   RINGFENCE_KEY="$("$bin" keys create --data-dir "$work/data" "$@" --name load --scope verify --scope admin | tail -1)"
-  "$bin" serve --data-dir "$work/data" --listen "127.0.0.1:$port" "$@" \
+  # shellcheck disable=SC2086 # RUNNER is a command and its arguments
+  ${RUNNER:-} "$bin" serve --data-dir "$work/data" --listen "127.0.0.1:$port" "$@" \
     --sms-sink "file:$work/sms.jsonl" --log-format json >"$work/serve.out" 2>"$work/serve.err" &
   PID=$!
-  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+  for _ in $(seq 600); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
   local high='{"limit": 1000000000, "period_seconds": 3600}'
   curl -sf -X PATCH "http://127.0.0.1:$port/v1/services/default" \
     -H "Authorization: Bearer $RINGFENCE_KEY" -H 'Content-Type: application/json' \

@@ -298,7 +298,9 @@ impl Engine {
                 l.sends_per_prefix,
                 Some(pseudonym(
                     "prefix",
-                    format!("{}:{prefix}", cx.number.country_code()).as_bytes(),
+                    [&cx.number.country_code().to_string(), ":", prefix]
+                        .concat()
+                        .as_bytes(),
                 )),
             ),
             (
@@ -316,7 +318,11 @@ impl Engine {
             .into_iter()
             .filter_map(|(name, spec, key)| {
                 let (spec, key) = (spec?, key?);
-                Some((name, spec, format!("rl:{}:{name}:{key}", cx.service_id)))
+                Some((
+                    name,
+                    spec,
+                    ["rl:", cx.service_id, ":", name, ":", &key].concat(),
+                ))
             })
             .collect();
         let prefix = self.prefix(cx.number);

@@ -126,7 +126,7 @@ impl Prefix {
 
     /// The counters key of this prefix, `pp:44:790`; the detector appends to it.
     pub fn key(&self) -> String {
-        format!("pp:{}:{}", self.country_code, self.digits)
+        ["pp:", &self.country_code.to_string(), ":", &self.digits].concat()
     }
 }
 
@@ -470,25 +470,29 @@ struct Keys {
     spend_all: String,
 }
 
-/// The counter of a prefix's delivered messages.
+/// The counter of a prefix's delivered messages: the prefix's key and this.
+const DELIVERED: &str = ":dlvr";
+
 fn delivered_key(prefix: &Prefix) -> String {
-    format!("{}:dlvr", prefix.key())
+    [&prefix.key(), DELIVERED].concat()
 }
 
 impl Keys {
     fn of(prefix: &Prefix) -> Self {
         let pk = prefix.key();
-        let cc = prefix.country_code();
+        let cc = prefix.country_code().to_string();
+        let of_prefix = |tail: &str| [&pk, tail].concat();
+        let of_country = |head: &str, tail: &str| [head, &cc, tail].concat();
         Self {
-            sent: format!("{pk}:sent"),
-            sent_recent: format!("{pk}:sent-recent"),
-            approved: format!("{pk}:appr"),
-            delivered: delivered_key(prefix),
-            closed: format!("{pk}:closed"),
-            watched: format!("{pk}:watched"),
-            country_sent: format!("pc:{cc}:sent"),
-            country_approved: format!("pc:{cc}:appr"),
-            spend_country: format!("spend:cc:{cc}"),
+            sent: of_prefix(":sent"),
+            sent_recent: of_prefix(":sent-recent"),
+            approved: of_prefix(":appr"),
+            delivered: of_prefix(DELIVERED),
+            closed: of_prefix(":closed"),
+            watched: of_prefix(":watched"),
+            country_sent: of_country("pc:", ":sent"),
+            country_approved: of_country("pc:", ":appr"),
+            spend_country: of_country("spend:cc:", ""),
             spend_all: "spend:all".to_owned(),
         }
     }

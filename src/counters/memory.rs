@@ -23,12 +23,12 @@
 //! makes the scan amortised O(1) per insert. Redis configured with
 //! `maxmemory-policy volatile-ttl` applies the same rule.
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use siphasher::sip128::{Hasher128, SipHasher13};
 
 use super::{
     check_key, check_ttl, check_value, check_window, gcra_step, window_of, Counters,
@@ -44,16 +44,15 @@ pub const DEFAULT_MAX_ENTRIES: usize = 200_000;
 
 pub struct MemoryCounters {
     shards: Box<[Mutex<Shard>]>,
-    seed: RandomState,
-    /// A second, independent seed: together the two make a key's 128-bit slot.
-    seed2: RandomState,
+    /// The hash's key, random per process (see [`Slot`]).
+    seed: (u64, u64),
     per_shard: usize,
 }
 
-/// A key as held: 128 bits of two keyed hashes of its text instead of the text, so an
-/// entry costs the same (about 60 bytes) whatever its key's length. The seeds are
-/// random per process, so no one can aim two keys at one slot; by chance, two of a
-/// million keys share a slot with probability about 10⁻²⁷.
+/// A key as held: the 128-bit SipHash-1-3 of its text under a random per-process key,
+/// instead of the text, so an entry costs the same (about 60 bytes) whatever its key's
+/// length. No one who does not know the hash key can aim two keys at one slot; by
+/// chance, two of a million keys share a slot with probability about 10⁻²⁷.
 type Slot = u128;
 
 #[derive(Default)]
@@ -138,8 +137,7 @@ impl MemoryCounters {
     pub fn new(max_entries: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            seed: RandomState::new(),
-            seed2: RandomState::new(),
+            seed: rand::random(),
             per_shard: max_entries.div_ceil(SHARDS).max(1),
         }
     }
@@ -155,26 +153,23 @@ impl MemoryCounters {
 
     /// The shard of `key` in `space`, locked, and the key's slot in it. The parts are
     /// hashed as they are, without building a string of them: the namespace's tag
-    /// and numbers have a fixed width and the key comes last, terminated, so distinct
-    /// parts never hash the same input.
+    /// and numbers have a fixed width and the key comes last, so distinct parts never
+    /// hash the same input.
     fn locate(&self, space: Space, key: &str) -> (MutexGuard<'_, Shard>, Slot) {
-        let hash = |seed: &RandomState| {
-            let mut h = seed.build_hasher();
-            match space {
-                Space::Gcra => h.write_u8(b'g'),
-                Space::Value => h.write_u8(b'v'),
-                Space::Window { window_ms, index } => {
-                    h.write_u8(b'w');
-                    h.write_i64(window_ms);
-                    h.write_i64(index);
-                }
+        let mut h = SipHasher13::new_with_keys(self.seed.0, self.seed.1);
+        match space {
+            Space::Gcra => h.write_u8(b'g'),
+            Space::Value => h.write_u8(b'v'),
+            Space::Window { window_ms, index } => {
+                h.write_u8(b'w');
+                h.write_i64(window_ms);
+                h.write_i64(index);
             }
-            key.hash(&mut h);
-            h.finish()
-        };
-        let (a, b) = (hash(&self.seed), hash(&self.seed2));
-        let slot = (u128::from(a) << 64) | u128::from(b);
-        (lock(&self.shards[(a as usize) % SHARDS]), slot)
+        }
+        h.write(key.as_bytes());
+        let slot = h.finish128().as_u128();
+        // The high half chooses the shard, the low half the place in its table.
+        (lock(&self.shards[((slot >> 64) as usize) % SHARDS]), slot)
     }
 
     fn gcra_now(

@@ -106,8 +106,13 @@ async fn envelope(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "-".into());
-    let span =
-        tracing::info_span!("request", method = %req.method(), route = %route, request_id = %rid);
+    // Values as `&str`, not `Display`: the span's fields are formatted as it is made.
+    let span = tracing::info_span!(
+        "request",
+        method = req.method().as_str(),
+        route = route.as_str(),
+        request_id = rid.as_str()
+    );
     let started = std::time::Instant::now();
     let mut res = next.run(req).instrument(span.clone()).await;
     if let Some(err) = res.extensions_mut().remove::<ErrorBody>() {
