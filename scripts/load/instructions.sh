@@ -9,7 +9,8 @@
 # starts early in a two-minute window (see run.sh), zeroes the counts, runs SECONDS of
 # starts with wrk at 8 connections, and
 # prints the instructions per completed start of the whole process and of its main
-# parts (inclusive: a part's callees count in it; parts within one request's future,
+# parts (inclusive: a part's callees count in it; the async threads' tasks are the
+# requests and the outbox worker; parts within one request's future,
 # such as its handler, are left out: callgrind does not attribute the polls of nested
 # futures reliably; cargo bench --bench decision times the decision). Under valgrind the threads take
 # turns on one core and the server runs ~50 times slower, so a batch of the SQLite
@@ -65,12 +66,12 @@ for line in annotated.split("\n-- Auto-annotated source")[0].splitlines():
         rows.setdefault(m.group(2), int(m.group(1).replace(",", "")))
 parts = [
     ("the whole process", r"^PROGRAM TOTALS"),
-    ("HTTP connections (async threads)", r"axum::serve::handle_connection::\{\{closure\}\}::\{\{closure\}\} \["),
+    ("the async threads' tasks", r"multi_thread::worker::Context::run_task \["),
     ("  tracing spans", r"tracing_core::subscriber::Subscriber>::new_span \["),
+    ("  the outbox worker", r"OutboxWorker::run::\{\{closure\}\} \["),
     ("the SQLite writer thread", r"writer.rs:std::sys::backtrace::__rust_begin_short_backtrace"),
     ("  its jobs", r"writer.rs:<ringfence::store::sqlite::writer::TypedJob<T,F> as ringfence::store::sqlite::writer::Job>::run \["),
     ("checkpoints (both threads)", r"sqlite3.c:sqlite3Checkpoint \["),
-    ("the outbox worker", r"OutboxWorker::run::\{\{closure\}\} \["),
     ("SHA-256 (portable code here)", r"sha2::sha256::compress256 \["),
 ]
 print(f"{n} starts; instructions per start:")

@@ -460,82 +460,101 @@ pub async fn start(
         now,
     };
     let masked = Some(number.masked());
-    match st.store.start_verification(cmd).await? {
-        StartOutcome::Started {
-            verification,
-            resent,
-            claimed_message,
-        } => {
-            if let Some(d) = shadow.as_ref().or(noted.as_ref()) {
-                record_decision(
-                    &st,
-                    d,
-                    &service.id,
-                    Some(&verification.id),
-                    &number,
-                    body.channel,
-                    now,
-                )
-                .await;
-            }
-            if let (true, Some(p)) = (sent_message, &prefix) {
-                match st.abuse.record_send(p, now).await {
-                    Ok(events) => {
-                        for event in &events {
-                            tracing::warn!(event = ?event, "anti-abuse event");
+    let channel = body.channel;
+    // The commit and what must follow it, as one task (see `detached`).
+    detached(async move {
+        match st.store.start_verification(cmd).await? {
+            StartOutcome::Started {
+                verification,
+                resent,
+                claimed_message,
+            } => {
+                if let Some(d) = shadow.as_ref().or(noted.as_ref()) {
+                    record_decision(
+                        &st,
+                        d,
+                        &service.id,
+                        Some(&verification.id),
+                        &number,
+                        channel,
+                        now,
+                    )
+                    .await;
+                }
+                if let (true, Some(p)) = (sent_message, &prefix) {
+                    match st.abuse.record_send(p, now).await {
+                        Ok(events) => {
+                            for event in &events {
+                                tracing::warn!(event = ?event, "anti-abuse event");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "send not recorded for the pumping detector")
                         }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "send not recorded for the pumping detector")
-                    }
                 }
+                match (claimed_message, handoff) {
+                    (Some(message_id), Some((slot, to, text))) => slot.send(Handoff {
+                        message: OutgoingMessage {
+                            message_id,
+                            attempt: 1,
+                            verification_id: verification.id.clone(),
+                            channel: verification.channel,
+                            to,
+                            body: text,
+                        },
+                        not_after: verification.expires_at,
+                        prefix,
+                    }),
+                    _ => st.outbox.notify(),
+                }
+                tracing::debug!(
+                    verification_id = %verification.id,
+                    subject = %bi.short(),
+                    region = number.region().unwrap_or("-"),
+                    channel = channel.as_str(),
+                    resent,
+                    "verification started"
+                );
+                let mut res = (
+                    StatusCode::CREATED,
+                    Json(VerificationView::new(&verification, masked, now)),
+                )
+                    .into_response();
+                if let Some(l) = &limit {
+                    super::error::rate_limit_headers(res.headers_mut(), l);
+                }
+                Ok(res)
             }
-            match (claimed_message, handoff) {
-                (Some(message_id), Some((slot, to, text))) => slot.send(Handoff {
-                    message: OutgoingMessage {
-                        message_id,
-                        attempt: 1,
-                        verification_id: verification.id.clone(),
-                        channel: verification.channel,
-                        to,
-                        body: text,
-                    },
-                    not_after: verification.expires_at,
-                    prefix,
-                }),
-                _ => st.outbox.notify(),
+            StartOutcome::Replayed(verification) => {
+                let mut res = (
+                    StatusCode::CREATED,
+                    Json(VerificationView::new(&verification, masked, now)),
+                )
+                    .into_response();
+                res.headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                Ok(res)
             }
-            tracing::debug!(
-                verification_id = %verification.id,
-                subject = %bi.short(),
-                region = number.region().unwrap_or("-"),
-                channel = body.channel.as_str(),
-                resent,
-                "verification started"
-            );
-            let mut res = (
-                StatusCode::CREATED,
-                Json(VerificationView::new(&verification, masked, now)),
-            )
-                .into_response();
-            if let Some(l) = &limit {
-                super::error::rate_limit_headers(res.headers_mut(), l);
-            }
-            Ok(res)
+            StartOutcome::IdempotencyMismatch => Err(ApiError::IdempotencyKeyReused),
+            StartOutcome::Refused(why) => Err(why.into()),
         }
-        StartOutcome::Replayed(verification) => {
-            let mut res = (
-                StatusCode::CREATED,
-                Json(VerificationView::new(&verification, masked, now)),
-            )
-                .into_response();
-            res.headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            Ok(res)
-        }
-        StartOutcome::IdempotencyMismatch => Err(ApiError::IdempotencyKeyReused),
-        StartOutcome::Refused(why) => Err(why.into()),
-    }
+    })
+    .await
+}
+
+/// Runs a request's work in a task of its own, and waits for it. When a client goes
+/// away, hyper drops the request's future wherever it is; what follows a commit (a
+/// message's hand-over to the worker, the pumping detector's counts, a decision's
+/// record, a guess budget's settling) must happen all the same.
+async fn detached<F>(work: F) -> Result<Response, ApiError>
+where
+    F: std::future::Future<Output = Result<Response, ApiError>> + Send + 'static,
+{
+    use tracing::Instrument;
+    tokio::spawn(work.in_current_span())
+        .await
+        .unwrap_or_else(|_| Err(ApiError::Internal("the request's task stopped".into())))
 }
 
 async fn check_by_id(st: &AppState, id: &str, code: &str) -> Result<Response, ApiError> {
@@ -737,7 +756,7 @@ pub async fn check(
     ApiJson(body): ApiJson<CheckCode>,
 ) -> Result<Response, ApiError> {
     validate::verification_id(&id)?;
-    check_by_id(&st, &id, &body.code).await
+    detached(async move { check_by_id(&st, &id, &body.code).await }).await
 }
 
 #[utoipa::path(
@@ -756,13 +775,19 @@ pub async fn check_by_number(
     _caller: VerifyCaller,
     ApiJson(body): ApiJson<CheckByNumber>,
 ) -> Result<Response, ApiError> {
-    let now = st.clock.now();
     let number = parse_number(&body.to)?;
     let code = OtpCode::parse(&body.code).ok_or(ApiError::InvalidCode)?;
-    let service_key = body
-        .service
-        .as_deref()
-        .unwrap_or(crate::app::DEFAULT_SERVICE);
+    detached(run_check_by_number(st, number, code, body.service)).await
+}
+
+async fn run_check_by_number(
+    st: AppState,
+    number: E164,
+    code: OtpCode,
+    service: Option<String>,
+) -> Result<Response, ApiError> {
+    let now = st.clock.now();
+    let service_key = service.as_deref().unwrap_or(crate::app::DEFAULT_SERVICE);
     validate::reference("service", service_key, 128)?;
     let service = st
         .services

@@ -3,6 +3,7 @@
 //! real HTTP must not break them.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use futures::future::join_all;
 
@@ -109,4 +110,48 @@ async fn concurrent_starts_for_one_new_number_make_one_verification() {
     app.wait_for_messages(UK_MOBILE, 1).await;
     app.outbox_settled().await;
     assert_eq!(app.messages_to(UK_MOBILE).len(), 1);
+}
+
+/// A client that goes away while its start waits for the commit does not stop what
+/// follows the commit: the message goes out from memory at once (not a lease later),
+/// and the send counts for the pumping detector. The test holds SQLite's write lock so
+/// that the start is waiting in the store when the client closes its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_whose_client_goes_away_before_the_commit_still_sends_at_once() {
+    use tokio::io::AsyncWriteExt;
+
+    let app = spawn_app().await;
+    let blocker = rusqlite::Connection::open(app.db_path()).expect("database opens");
+    blocker
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("write lock");
+
+    let body = serde_json::json!({ "to": UK_MOBILE }).to_string();
+    let request = format!(
+        "POST /v1/verifications HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        app.addr,
+        app.verify_key,
+        body.len()
+    );
+    let mut conn = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connects");
+    conn.write_all(request.as_bytes())
+        .await
+        .expect("request sent");
+    // The start reaches the store and waits for the lock; then the client is gone.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(conn);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    blocker.execute_batch("COMMIT").expect("lock released");
+
+    // The manual clock never moves: a message left to its lease would never be sent.
+    let sent = eventually("the message is sent", || async {
+        let m = app.sink.messages();
+        (!m.is_empty()).then_some(m)
+    })
+    .await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].to, UK_MOBILE);
 }
