@@ -38,10 +38,8 @@ trap cleanup EXIT
 
 RUNNER="valgrind --tool=callgrind --callgrind-out-file=$WORK/callgrind.out" \
   start_server "$BIN" "$WORK" "$PORT"
-# As in run.sh: starts that cross a two-minute window of the pumping detector would see
-# their prefixes judged part of the way (shadow-blocked: no message, less work).
-left=$((120 - $(date +%s) % 120))
-[ "$left" -lt $((SECS + 15)) ] && sleep "$left"
+# The warm-up and the run in one window (shadow-blocked starts would do less work).
+wait_for_fresh_window $((SECS + 10))
 RUN_SALT=1 wrk -t1 -c8 -d5s -s scripts/load/start.lua "http://127.0.0.1:$PORT" >/dev/null
 callgrind_control -z "$PID" >/dev/null 2>&1
 OUT_WRK=$(RUN_SALT=2 wrk -t1 -c8 -d"${SECS}s" -s scripts/load/start.lua "http://127.0.0.1:$PORT")

@@ -64,10 +64,7 @@ start_server "$BIN" "$WORK" "$PORT" "${STORE[@]}"
 [ -n "${SQL:-}" ] && sqlite3 "$WORK/data/ringfence.db" "$SQL"
 
 CEILING=$(wrk -t2 -c"$CONNS" -d4s "http://127.0.0.1:$PORT/healthz" | awk '/Requests\/sec/ {print $2}')
-# As in run.sh: starts that cross a two-minute window of the pumping detector would see
-# their prefixes judged part of the way.
-left=$((120 - $(date +%s) % 120))
-[ "$left" -lt $((SECS + 5)) ] && sleep "$left"
+wait_for_fresh_window "$SECS"
 
 # CPU ticks by thread group of the server, and of the processes beside it.
 server_ticks() {

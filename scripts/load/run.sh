@@ -19,7 +19,7 @@
 #   2. starts: POST /v1/verifications, a fresh valid number per request (run twice as
 #      long as the others, three times on PostgreSQL, so that step 3 has a pending
 #      verification for every check), begun early in a two-minute window (see
-#      wait_for_fresh_window); every start sends a message, so `messages delivered`
+#      wait_for_fresh_window in serve.sh); every start sends a message, so `messages delivered`
 #      must match the starts' `requests in` (a few more: wrk does not count the
 #      requests still open when it stops);
 #   3. checks: POST /v1/verifications/{id}/check with the right code, each verification
@@ -53,20 +53,6 @@ wrk_run() { # label, seconds, wrk args...
   echo "-- $label"
   wrk -t"$THREADS" -c"$CONNS" -d"${secs}s" --latency "$@" \
     | grep -E "Requests/sec|requests in|Latency  |50%|90%|99%|non-2xx|Non-2xx" | sed 's/^/   /'
-}
-
-# The pumping detector judges a prefix's sends once they are older than its approval
-# lag (two minutes, counted in two-minute windows of the epoch), and this load approves
-# nothing while it starts: a run of starts across a window boundary would see its
-# prefixes shadow-blocked part of the way (starts without a message, fewer delivered
-# than started). So the starts begin early in a two-minute window, and end in it.
-wait_for_fresh_window() { # seconds the run needs
-  local left=$((120 - $(date +%s) % 120))
-  if [ "$1" -gt 110 ]; then
-    echo "   (starts of $1 s cannot fit in a two-minute window: expect shadow-blocked starts)"
-  elif [ "$left" -lt "$(($1 + 5))" ]; then
-    sleep "$left"
-  fi
 }
 
 echo "== $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ), wrk -t$THREADS -c$CONNS -d${DURATION}s"

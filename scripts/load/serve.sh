@@ -1,6 +1,7 @@
 # Sourced by run.sh and probe.sh: starts the server for a load, and pairs what it sent.
 #
 #   start_server BIN WORK PORT STORE_ARGS...
+#   wait_for_fresh_window SECONDS
 #   pairs_from_sink SINK PAIRS
 #
 # creates an API key (exported as RINGFENCE_KEY), starts `BIN serve` (under $RUNNER
@@ -51,4 +52,18 @@ with open(sys.argv[1]) as f, open(sys.argv[2], "w") as out:
         n += 1
 print(f"messages delivered to the sink: {n}")
 PY
+}
+
+# The pumping detector judges a prefix's sends once they are older than its approval
+# lag (two minutes, counted in two-minute windows of the epoch), and this load approves
+# nothing while it starts: a run of starts across a window boundary would see its
+# prefixes shadow-blocked part of the way (starts without a message, fewer delivered
+# than started). So the starts begin early in a two-minute window, and end in it.
+wait_for_fresh_window() { # seconds the run needs
+  local left=$((120 - $(date +%s) % 120))
+  if [ "$1" -gt 110 ]; then
+    echo "   (starts of $1 s cannot fit in a two-minute window: expect shadow-blocked starts)"
+  elif [ "$left" -lt "$(($1 + 5))" ]; then
+    sleep "$left"
+  fi
 }
