@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use ringfence_phone::E164;
+use ringfence_phone::{StoredE164, E164};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -176,11 +176,12 @@ impl Engine {
         self.pumping.policy().spend.price_micros(country_code)
     }
 
-    /// `number`'s prefix for the pumping detector, if it has one.
-    pub fn prefix(&self, number: &E164) -> Option<Prefix> {
+    /// The prefix for the pumping detector of the number with this country code and
+    /// national significant number, if it has one.
+    pub fn prefix(&self, country_code: u16, national_number: &str) -> Option<Prefix> {
         self.pumping
             .policy()
-            .prefix_of(number.country_code(), number.national_significant_number())
+            .prefix_of(country_code, national_number)
             .ok()
     }
 
@@ -205,8 +206,12 @@ impl Engine {
     }
 
     /// Records an approved verification of `number`.
-    pub async fn record_approval(&self, number: &E164, now: Millis) -> Result<(), CountersError> {
-        match self.prefix(number) {
+    pub async fn record_approval(
+        &self,
+        number: &StoredE164,
+        now: Millis,
+    ) -> Result<(), CountersError> {
+        match self.prefix(number.country_code(), number.national_significant_number()) {
             Some(p) => self.pumping.record_approval(&p, now).await,
             None => Ok(()),
         }
@@ -325,7 +330,10 @@ impl Engine {
                 ))
             })
             .collect();
-        let prefix = self.prefix(cx.number);
+        let prefix = self.prefix(
+            cx.number.country_code(),
+            cx.number.national_significant_number(),
+        );
         // Every limit is spent (all or nothing) and the prefix assessed at once: on
         // Redis one round trip for both, the limits in one script.
         let rates: Vec<(&str, Rate)> = limits

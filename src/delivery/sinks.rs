@@ -83,7 +83,7 @@ pub struct ConsoleSink;
 #[async_trait]
 impl Sink for ConsoleSink {
     async fn send(&self, msg: &OutgoingMessage) -> Result<Option<String>, SendError> {
-        let to = ringfence_phone::E164::parse(&msg.to, None)
+        let to = ringfence_phone::StoredE164::from_e164(&msg.to)
             .map(|n| n.masked())
             .unwrap_or_else(|_| "•••".into());
         let mut out = std::io::stdout().lock();

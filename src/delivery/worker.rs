@@ -232,9 +232,9 @@ impl OutboxWorker {
     fn prefix_of(&self, msg: &OutgoingMessage, handed_over: Option<Prefix>) -> Option<Prefix> {
         let engine = self.abuse.as_ref()?;
         handed_over.or_else(|| {
-            ringfence_phone::E164::parse(&msg.to, None)
+            ringfence_phone::StoredE164::from_e164(&msg.to)
                 .ok()
-                .and_then(|number| engine.prefix(&number))
+                .and_then(|n| engine.prefix(n.country_code(), n.national_significant_number()))
         })
     }
 

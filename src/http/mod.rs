@@ -142,8 +142,12 @@ pub(crate) fn masked_number(st: &AppState, s: &SubjectSecrets) -> Option<String>
     open_number(st, s).map(|n| n.masked())
 }
 
-/// The subject's number, decrypted; `None` once erased (or if it does not open).
-pub(crate) fn open_number(st: &AppState, s: &SubjectSecrets) -> Option<ringfence_phone::E164> {
+/// The subject's number, decrypted; `None` once erased (or if it does not open). It was
+/// valid when stored, so it is read back as such, not parsed and validated again.
+pub(crate) fn open_number(
+    st: &AppState,
+    s: &SubjectSecrets,
+) -> Option<ringfence_phone::StoredE164> {
     let key = st
         .keys
         .kek
@@ -151,5 +155,5 @@ pub(crate) fn open_number(st: &AppState, s: &SubjectSecrets) -> Option<ringfence
         .ok()?;
     let raw = key.open(s.phone_ct.as_ref()?, PHONE_AAD).ok()?;
     let e164 = std::str::from_utf8(&raw).ok()?;
-    ringfence_phone::E164::parse(e164, None).ok()
+    ringfence_phone::StoredE164::from_e164(e164).ok()
 }

@@ -26,7 +26,7 @@ mod time_zones;
 
 pub use check::{check, Possibility, Report};
 pub use mask::{visible_digits, MASK_CHAR};
-pub use number::{DefaultRegion, Format, NumberType, ParseErrorKind, PhoneError, E164};
+pub use number::{DefaultRegion, Format, NumberType, ParseErrorKind, PhoneError, StoredE164, E164};
 pub use prefix::DATA_VERSION;
 pub use time_zones::UNKNOWN_TIME_ZONE;
 

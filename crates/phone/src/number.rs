@@ -26,6 +26,11 @@ use crate::time_zones::time_zones_for;
 /// libphonenumber parses (17 digits).
 const E164_CAPACITY: usize = 24;
 
+/// libphonenumber's bounds on a national significant number (`MIN_LENGTH_FOR_NSN`,
+/// `MAX_LENGTH_FOR_NSN`).
+const MIN_NSN_LENGTH: usize = 2;
+const MAX_NSN_LENGTH: usize = 17;
+
 /// Why libphonenumber could not parse an input at all (its `NumberParseException` kinds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, thiserror::Error)]
 #[serde(rename_all = "snake_case")]
@@ -247,8 +252,10 @@ impl DefaultRegion {
 }
 
 /// What libphonenumber tells about a parsed number, valid or not.
+/// A number's digits as libphonenumber holds them: the E.164 string, and the parts of
+/// its `PhoneNumber` that formatting reads. What [`Parsed`] and [`StoredE164`] share.
 #[derive(Clone)]
-pub(crate) struct Parsed {
+struct Digits {
     e164: [u8; E164_CAPACITY],
     e164_len: u8,
     /// Digits of the country calling code in `e164` (after the `+`).
@@ -257,6 +264,75 @@ pub(crate) struct Parsed {
     national_number: u64,
     italian_leading_zero: Option<bool>,
     number_of_leading_zeros: Option<i32>,
+}
+
+impl Digits {
+    fn new(e164: &str, country_code: u16, number: &PhoneNumber) -> Result<Self, ParseErrorKind> {
+        let bytes = e164.as_bytes();
+        if bytes.len() > E164_CAPACITY {
+            return Err(ParseErrorKind::TooLong);
+        }
+        let mut buf = [0u8; E164_CAPACITY];
+        buf[..bytes.len()].copy_from_slice(bytes);
+        Ok(Self {
+            e164: buf,
+            e164_len: bytes.len() as u8,
+            cc_len: digit_count(country_code),
+            country_code,
+            national_number: number.national_number,
+            italian_leading_zero: number.italian_leading_zero,
+            number_of_leading_zeros: number.number_of_leading_zeros,
+        })
+    }
+
+    /// The port's number, for formatting (no extension, no raw input).
+    fn to_port(&self) -> PhoneNumber {
+        PhoneNumber {
+            country_code: i32::from(self.country_code),
+            national_number: self.national_number,
+            italian_leading_zero: self.italian_leading_zero,
+            number_of_leading_zeros: self.number_of_leading_zeros,
+            ..PhoneNumber::default()
+        }
+    }
+
+    fn e164(&self) -> &str {
+        std::str::from_utf8(&self.e164[..usize::from(self.e164_len)])
+            .expect("an E.164 string is ASCII")
+    }
+
+    /// The digits after `+`.
+    fn e164_digits(&self) -> &str {
+        &self.e164()[1..]
+    }
+
+    fn national_significant_number(&self) -> &str {
+        &self.e164()[1 + usize::from(self.cc_len)..]
+    }
+
+    fn format(&self, format: Format) -> String {
+        match format {
+            Format::E164 => self.e164().to_owned(),
+            _ => PHONE_NUMBER_UTIL
+                .format(&self.to_port(), format.to_port())
+                .into_owned(),
+        }
+    }
+
+    fn masked(&self) -> String {
+        let number = self.to_port();
+        let international = PHONE_NUMBER_UTIL.format(&number, PhoneNumberFormat::International);
+        mask_international(
+            &international,
+            usize::from(self.cc_len),
+            self.national_significant_number(),
+        )
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Parsed {
+    digits: Digits,
     number_type: NumberType,
     region: Option<RegionStr>,
 }
@@ -277,21 +353,8 @@ impl Parsed {
         let country_code =
             u16::try_from(number.country_code).map_err(|_| ParseErrorKind::InvalidCountryCode)?;
         let formatted = PHONE_NUMBER_UTIL.format(&number, PhoneNumberFormat::E164);
-        let bytes = formatted.as_bytes();
-        if bytes.len() > E164_CAPACITY {
-            return Err(ParseErrorKind::TooLong);
-        }
-        let mut e164 = [0u8; E164_CAPACITY];
-        e164[..bytes.len()].copy_from_slice(bytes);
-        let cc_len = digit_count(country_code);
         let parsed = Self {
-            e164,
-            e164_len: bytes.len() as u8,
-            cc_len,
-            country_code,
-            national_number: number.national_number,
-            italian_leading_zero: number.italian_leading_zero,
-            number_of_leading_zeros: number.number_of_leading_zeros,
+            digits: Digits::new(&formatted, country_code, &number)?,
             number_type: NumberType::from_port(PHONE_NUMBER_UTIL.get_number_type(&number)),
             region: PHONE_NUMBER_UTIL
                 .get_region_for_number(&number)
@@ -309,33 +372,16 @@ impl Parsed {
         self.number_type != NumberType::Unknown
     }
 
-    /// The port's number, for formatting (no extension, no raw input).
-    pub(crate) fn to_port(&self) -> PhoneNumber {
-        PhoneNumber {
-            country_code: i32::from(self.country_code),
-            national_number: self.national_number,
-            italian_leading_zero: self.italian_leading_zero,
-            number_of_leading_zeros: self.number_of_leading_zeros,
-            ..PhoneNumber::default()
-        }
-    }
-
     pub(crate) fn e164(&self) -> &str {
-        std::str::from_utf8(&self.e164[..usize::from(self.e164_len)])
-            .expect("libphonenumber's E.164 format is ASCII")
-    }
-
-    /// The digits after `+`.
-    pub(crate) fn e164_digits(&self) -> &str {
-        &self.e164()[1..]
+        self.digits.e164()
     }
 
     pub(crate) fn national_significant_number(&self) -> &str {
-        &self.e164()[1 + usize::from(self.cc_len)..]
+        self.digits.national_significant_number()
     }
 
     pub(crate) fn country_code(&self) -> u16 {
-        self.country_code
+        self.digits.country_code
     }
 
     pub(crate) fn number_type(&self) -> NumberType {
@@ -347,30 +393,23 @@ impl Parsed {
     }
 
     pub(crate) fn format(&self, format: Format) -> String {
-        match format {
-            Format::E164 => self.e164().to_owned(),
-            _ => PHONE_NUMBER_UTIL
-                .format(&self.to_port(), format.to_port())
-                .into_owned(),
-        }
+        self.digits.format(format)
     }
 
     pub(crate) fn masked(&self) -> String {
-        let number = self.to_port();
-        let international = PHONE_NUMBER_UTIL.format(&number, PhoneNumberFormat::International);
-        mask_international(
-            &international,
-            usize::from(self.cc_len),
-            self.national_significant_number(),
-        )
+        self.digits.masked()
     }
 
     pub(crate) fn carrier(&self) -> Option<&'static str> {
-        carrier_for(self.number_type, self.e164_digits())
+        carrier_for(self.number_type, self.digits.e164_digits())
     }
 
     pub(crate) fn time_zones(&self) -> &'static [&'static str] {
-        time_zones_for(self.number_type, self.country_code, self.e164_digits())
+        time_zones_for(
+            self.number_type,
+            self.digits.country_code,
+            self.digits.e164_digits(),
+        )
     }
 }
 
@@ -499,6 +538,113 @@ impl fmt::Debug for E164 {
     }
 }
 
+/// A number this crate validated before, read back from storage in the form
+/// [`E164::expose`] gave it (`+447400123456`): enough to show it masked and to name its
+/// country code and national number, without parsing and validating it again.
+///
+/// Parsing runs libphonenumber's patterns to classify the number; a number that was
+/// valid when it was stored needs none of that to be shown, and this rebuilds exactly
+/// the `PhoneNumber` its parse had produced (the country calling code, which is a
+/// prefix code, then the national significant number, its leading zeros as
+/// libphonenumber counts them), at a fraction of the cost. It checks the form only,
+/// not validity: use [`E164::parse`] for anything that did not come from an `E164`.
+///
+/// ```
+/// use ringfence_phone::{StoredE164, E164};
+///
+/// let n = E164::parse("+39 06 1234 5678", None).unwrap();
+/// let stored = StoredE164::from_e164(n.expose()).unwrap();
+/// assert_eq!(stored.masked(), n.masked());
+/// assert_eq!(stored.national_significant_number(), "0612345678");
+/// ```
+#[derive(Clone)]
+pub struct StoredE164(Digits);
+
+impl StoredE164 {
+    /// Reads an E.164 string: `+`, a country calling code libphonenumber knows, and a
+    /// national significant number of 2 to 17 digits.
+    pub fn from_e164(e164: &str) -> Result<Self, PhoneError> {
+        let digits = e164
+            .strip_prefix('+')
+            .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or(ParseErrorKind::NotANumber)?;
+        if digits.starts_with('0') {
+            return Err(ParseErrorKind::InvalidCountryCode.into());
+        }
+        // Country calling codes are a prefix code: at most one of the first three
+        // digits' prefixes is one (libphonenumber's `extractCountryCode`).
+        let (country_code, nsn) = (1..=3.min(digits.len()))
+            .find_map(|len| {
+                let code: u16 = digits[..len].parse().ok()?;
+                PHONE_NUMBER_UTIL
+                    .get_regions_for_country_calling_code(i32::from(code))
+                    .map(|_| (code, &digits[len..]))
+            })
+            .ok_or(ParseErrorKind::InvalidCountryCode)?;
+        if nsn.len() < MIN_NSN_LENGTH {
+            return Err(ParseErrorKind::TooShortNsn.into());
+        }
+        if nsn.len() > MAX_NSN_LENGTH {
+            return Err(ParseErrorKind::TooLong.into());
+        }
+        let leading_zeros = leading_zeros(nsn);
+        let number = PhoneNumber {
+            country_code: i32::from(country_code),
+            national_number: nsn.parse().map_err(|_| ParseErrorKind::NotANumber)?,
+            italian_leading_zero: leading_zeros.map(|_| true),
+            number_of_leading_zeros: leading_zeros.filter(|&n| n > 1).map(|n| n as i32),
+            ..PhoneNumber::default()
+        };
+        Ok(Self(Digits::new(e164, country_code, &number)?))
+    }
+
+    /// The E.164 string it was read from: the whole number.
+    pub fn expose(&self) -> &str {
+        self.0.e164()
+    }
+
+    /// The masked form, as [`E164::masked`] shows the same number.
+    pub fn masked(&self) -> String {
+        self.0.masked()
+    }
+
+    pub fn country_code(&self) -> u16 {
+        self.0.country_code
+    }
+
+    /// The national significant number, as [`E164::national_significant_number`].
+    pub fn national_significant_number(&self) -> &str {
+        self.0.national_significant_number()
+    }
+}
+
+impl fmt::Display for StoredE164 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+impl fmt::Debug for StoredE164 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoredE164({})", self.masked())
+    }
+}
+
+/// The leading zeros of a national significant number as libphonenumber's parse counts
+/// them (`getItalianLeadingZerosForPhoneNumber`): none for a single digit, and never
+/// the last digit of an all-zero number.
+fn leading_zeros(nsn: &str) -> Option<usize> {
+    if nsn.len() < 2 {
+        return None;
+    }
+    let zeros = nsn.bytes().take_while(|&b| b == b'0').count();
+    match zeros {
+        0 => None,
+        n if n == nsn.len() => Some(n - 1),
+        n => Some(n),
+    }
+}
+
 impl fmt::Debug for Parsed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Parsed({})", self.masked())
@@ -532,6 +678,73 @@ mod tests {
             .collect();
         assert_eq!(set.len(), 1);
         assert_eq!(set.into_iter().next().unwrap().expose(), "+447400123456");
+    }
+
+    /// A stored number rebuilds the very `PhoneNumber` its parse produced, field by
+    /// field, for every valid number of the fixture corpus (leading zeros included).
+    #[test]
+    fn a_stored_number_is_rebuilt_as_its_parse_made_it() {
+        let corpus = include_str!("../tests/fixtures/corpus.jsonl");
+        let (mut checked, mut with_zeros, mut with_several_zeros) = (0, 0, 0);
+        for line in corpus.lines().filter(|l| !l.trim().is_empty()) {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            let region = row["default_region"]
+                .as_str()
+                .map(|r| DefaultRegion::parse(r).unwrap());
+            let Ok((parsed, _)) = Parsed::parse(row["input"].as_str().unwrap(), region) else {
+                continue;
+            };
+            if !parsed.is_valid() {
+                continue;
+            }
+            let (want, got) = (
+                &parsed.digits,
+                StoredE164::from_e164(parsed.e164()).unwrap().0,
+            );
+            let fields = |d: &Digits| {
+                (
+                    d.e164().to_owned(),
+                    d.cc_len,
+                    d.country_code,
+                    d.national_number,
+                    d.italian_leading_zero,
+                    d.number_of_leading_zeros,
+                )
+            };
+            assert_eq!(fields(&got), fields(want), "{}", parsed.masked());
+            checked += 1;
+            with_zeros += usize::from(want.italian_leading_zero.is_some());
+            with_several_zeros += usize::from(want.number_of_leading_zeros.is_some());
+        }
+        assert!(
+            checked > 5_000 && with_zeros > 100,
+            "{checked}, {with_zeros}"
+        );
+        // No valid number has two leading zeros today; the rule is pinned below.
+        assert_eq!(with_several_zeros, 0);
+        assert_eq!(leading_zeros("0"), None);
+        assert_eq!(leading_zeros("61234"), None);
+        assert_eq!(leading_zeros("061234"), Some(1));
+        assert_eq!(leading_zeros("0061234"), Some(2));
+        assert_eq!(leading_zeros("000"), Some(2));
+    }
+
+    #[test]
+    fn a_stored_number_must_have_the_form_of_one() {
+        let code = |s: &str| StoredE164::from_e164(s).map(|_| ()).map_err(|e| e.code());
+        assert_eq!(code("+447400123456"), Ok(()));
+        assert_eq!(code("447400123456"), Err("not_a_number"));
+        assert_eq!(code("+44 7400 123456"), Err("not_a_number"));
+        assert_eq!(code("+"), Err("invalid_country_code"));
+        assert_eq!(code("+0447400123456"), Err("invalid_country_code"));
+        assert_eq!(code("+999123456"), Err("invalid_country_code"));
+        assert_eq!(code("+447"), Err("too_short_nsn"));
+        assert_eq!(code("+44123456789012345678"), Err("too_long"));
+        let n = StoredE164::from_e164("+447400123456").unwrap();
+        assert_eq!(
+            format!("{n} {n:?}"),
+            "+44 •••• ••3456 StoredE164(+44 •••• ••3456)"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use ringfence_phone::{check, DefaultRegion, PhoneError, E164, METADATA_VERSION};
+use ringfence_phone::{check, DefaultRegion, PhoneError, StoredE164, E164, METADATA_VERSION};
 use serde_json::Value;
 
 const CORPUS: &str = include_str!("fixtures/corpus.jsonl");
@@ -160,4 +160,26 @@ fn masked_forms_hide_every_valid_number() {
         assert!(nsn.ends_with(&shown), "{masked}");
     }
     assert!(checked > 10_000, "only {checked} valid numbers");
+}
+
+/// A valid number read back from its E.164 form answers as the parsed one did.
+#[test]
+fn stored_numbers_answer_as_parsed_ones() {
+    let mut checked = 0;
+    for row in rows(CORPUS) {
+        let input = text(&row, "input").expect("input");
+        let Ok(number) = E164::parse(input, text(&row, "default_region")) else {
+            continue;
+        };
+        let stored = StoredE164::from_e164(number.expose()).expect("a valid number's E.164");
+        assert_eq!(stored.expose(), number.expose());
+        assert_eq!(stored.masked(), number.masked(), "{input:?}");
+        assert_eq!(stored.country_code(), number.country_code());
+        assert_eq!(
+            stored.national_significant_number(),
+            number.national_significant_number()
+        );
+        checked += 1;
+    }
+    assert!(checked > 5_000, "{checked}");
 }
