@@ -20,7 +20,9 @@
 # (valgrind does not offer the CPU's SHA instructions), so it weighs more than natively.
 #
 # Environment: RINGFENCE_BIN=path (default target/release/ringfence, unbuilt);
-# OUT=path keeps the callgrind profile (callgrind_annotate reads it).
+# CHECKS=1 then checks the codes those starts sent for SECONDS / 2, and reports the
+# same parts per check; OUT=path keeps the callgrind profile of the starts
+# (callgrind_annotate reads it), and with CHECKS=1 that of the checks as path.checks.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECS="${1:-20}"
@@ -48,13 +50,24 @@ echo "$OUT_WRK" | grep -E "non-2xx" || true
 sleep 2
 echo "messages in the sink: $(wc -l <"$WORK/sms.jsonl") (every start of the warm-up and the run sends one)"
 callgrind_control -d "$PID" >/dev/null 2>&1
+if [ -n "${CHECKS:-}" ]; then
+  # The codes the starts sent, each checked once (wrk stops before it runs out of them).
+  pairs_from_sink "$WORK/sms.jsonl" "$WORK/pairs.txt"
+  callgrind_control -z "$PID" >/dev/null 2>&1
+  OUT_WRK=$(PAIRS="$WORK/pairs.txt" WRK_THREADS=1 wrk -t1 -c8 -d"$((SECS / 2))s" -s scripts/load/check.lua "http://127.0.0.1:$PORT")
+  N_CHECKS=$(echo "$OUT_WRK" | awk '/requests in/ {print $1}')
+  echo "$OUT_WRK" | grep -E "non-2xx" || true
+  sleep 2
+  callgrind_control -d "$PID" >/dev/null 2>&1
+fi
 kill "$PID"; wait "$PID" 2>/dev/null || true; PID=
-PROFILE="$WORK/callgrind.out.1"  # the dump made after the load
-[ -n "${OUT:-}" ] && cp "$PROFILE" "$OUT"
-python3 - "$N" "$PROFILE" <<'PY'
+[ -n "${OUT:-}" ] && cp "$WORK/callgrind.out.1" "$OUT"
+[ -n "${OUT:-}" ] && [ -n "${CHECKS:-}" ] && cp "$WORK/callgrind.out.2" "$OUT.checks"
+report() { # requests, their name, the profile of their run
+  python3 - "$@" <<'PY'
 import re, subprocess, sys
-n = int(sys.argv[1])
-annotated = subprocess.run(["callgrind_annotate", "--inclusive=yes", sys.argv[2]],
+n, what = int(sys.argv[1]), sys.argv[2]
+annotated = subprocess.run(["callgrind_annotate", "--inclusive=yes", sys.argv[3]],
                            capture_output=True, text=True, check=True).stdout
 rows = {}
 # The table of functions only: the annotated source after it has lines of the same form.
@@ -72,8 +85,12 @@ parts = [
     ("checkpoints (both threads)", r"sqlite3.c:sqlite3Checkpoint \["),
     ("SHA-256 (portable code here)", r"sha2::sha256::compress256 \["),
 ]
-print(f"{n} starts; instructions per start:")
+print(f"{n} {what}s; instructions per {what}:")
 for label, pattern in parts:
     v = next((v for k, v in rows.items() if re.search(pattern, k)), 0)
     print(f"  {label:36s} {v / n:10,.0f}")
 PY
+}
+report "$N" start "$WORK/callgrind.out.1"  # the dump made after the starts
+[ -n "${CHECKS:-}" ] && report "$N_CHECKS" check "$WORK/callgrind.out.2"
+true

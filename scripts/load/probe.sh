@@ -9,7 +9,8 @@
 # SECONDS of starts with wrk at $CONNS connections (32), early in a two-minute window,
 # and with CHECKS=1 half as long of checks of the codes those starts sent. Prints, for
 # each: the rate, its p99 and share of the ceiling; the server's CPU per request by
-# thread (the SQLite threads, the async threads), and that of PostgreSQL and Redis;
+# thread (the SQLite threads, the async threads; each with the part of it spent in the
+# kernel), and that of PostgreSQL and Redis;
 # how busy the machine was (/proc/stat, steal included); and the bytes the SQLite
 # writer thread wrote per request (/proc/PID/task/TID/io).
 #
@@ -69,8 +70,8 @@ wait_for_fresh_window "$SECS"
 # CPU ticks by thread group of the server, and of the processes beside it.
 server_ticks() {
   for t in /proc/"$PID"/task/*; do
-    echo "$(cat "$t/comm") $(sed 's/.*) //' "$t/stat" | awk '{print $12 + $13}')"
-  done | awk '{k = ($1 ~ /^rf-sqlite/) ? "sqlite_threads" : (($1 ~ /^tokio/) ? "async_threads" : "other_threads"); a[k] += $2}
+    echo "$(cat "$t/comm") $(sed 's/.*) //' "$t/stat" | awk '{print $12 + $13, $13}')"
+  done | awk '{k = ($1 ~ /^rf-sqlite/) ? "sqlite_threads" : (($1 ~ /^tokio/) ? "async_threads" : "other_threads"); a[k] += $2; a[k ".sys"] += $3}
               END {for (k in a) printf "%s=%d ", k, a[k]}'
 }
 other_ticks() {
@@ -100,7 +101,10 @@ print(f"ceiling {ceiling:,.0f} req/s; {what}s {rate:,.0f}/s ({100 * rate / ceili
 hz = 100  # clock ticks per second (USER_HZ)
 def per_op(a, b):
     a = dict(x.split("=") for x in a.split()); b = dict(x.split("=") for x in b.split())
-    return " ".join(f"{k} {(int(b[k]) - int(a.get(k, 0))) * 1e6 / hz / n:.0f}" for k in sorted(b))
+    us = lambda k: (int(b[k]) - int(a.get(k, 0))) * 1e6 / hz / n
+    # A group's total, then the part of it spent in the kernel (".sys", the server's).
+    return " ".join(f"{k} {us(k):.0f}" + (f" (system {us(k + '.sys'):.0f})" if k + ".sys" in b else "")
+                    for k in sorted(b) if not k.endswith(".sys"))
 print(f"CPU µs per {what}: server:", per_op(sys.argv[5], sys.argv[6]), "| beside it:", per_op(sys.argv[7], sys.argv[8]))
 m0 = [int(x) for x in sys.argv[9].split()[1:]]; m1 = [int(x) for x in sys.argv[10].split()[1:]]
 d = [b - a for a, b in zip(m0, m1)]; total = sum(d); idle = d[3] + d[4]
