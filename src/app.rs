@@ -56,6 +56,49 @@ pub struct AppState {
     pub abuse: Arc<crate::abuse::Engine>,
     pub lists: Arc<ListCache>,
     pub metrics: Arc<crate::http::metrics::Metrics>,
+    pub afterwork: Afterwork,
+}
+
+/// What follows a request's commit without deciding its answer: the pumping detector's
+/// count of a send or an approval, a guess reservation given back. With counters in
+/// this process that costs no wait, and it is done before the reply. With counters in
+/// a server (Redis) it is a round trip, and the reply does not wait for it: the work
+/// runs in a task of its own, tracked so that a stopping instance finishes it
+/// ([`Application::run_until_stopped`]). Until it lands, the pumping detector's counts
+/// lag by that round trip and a given-back reservation is still spent: a guess budget
+/// is, for a moment, stricter, never looser.
+#[derive(Clone)]
+pub struct Afterwork {
+    tracker: tokio_util::task::TaskTracker,
+    after_reply: bool,
+}
+
+impl Afterwork {
+    /// After the reply when `after_reply` (counters across the network), else before.
+    pub fn new(after_reply: bool) -> Self {
+        Self {
+            tracker: tokio_util::task::TaskTracker::new(),
+            after_reply,
+        }
+    }
+
+    /// Does `work` now, or hands it to a task of its own and returns at once.
+    pub async fn run(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        use tracing::Instrument;
+        if self.after_reply {
+            self.tracker.spawn(work.in_current_span());
+        } else {
+            work.await;
+        }
+    }
+
+    /// Waits, at most `within`, for the work handed to tasks; `false` if some is left.
+    pub async fn finish(&self, within: std::time::Duration) -> bool {
+        self.tracker.close();
+        tokio::time::timeout(within, self.tracker.wait())
+            .await
+            .is_ok()
+    }
 }
 
 /// The operator lists, cached like services: a change applies within the time to live
@@ -293,6 +336,7 @@ impl Application {
                 pseudonyms,
                 opts.pumping,
             )),
+            afterwork: Afterwork::new(opts.counters.remote()),
             counters: opts.counters,
         };
         Ok(Self {
@@ -332,16 +376,24 @@ impl Application {
         };
         let worker = tokio::spawn(worker.run(self.handoffs, stop_rx.clone()));
         let janitor = tokio::spawn(janitor(self.state.clone(), stop_rx));
+        let afterwork = self.state.afterwork.clone();
         let router = crate::http::router(self.state);
         axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
             .await?;
+        if !afterwork.finish(AFTERWORK_GRACE).await {
+            tracing::warn!("stopped with counter updates still in flight");
+        }
         let _ = stop_tx.send(true);
         let _ = worker.await;
         let _ = janitor.await;
         Ok(())
     }
 }
+
+/// How long a stopping instance waits for work that followed its last replies (each
+/// piece is bounded by the counters' own timeout, 250 ms by default).
+const AFTERWORK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs `Store::sweep` every `sweep_interval`: pending verifications past expiry lose
 /// their code hash and queued messages even if nobody looks at them again, and old
@@ -386,5 +438,63 @@ async fn janitor(state: AppState, mut stop: watch::Receiver<bool>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Afterwork;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Work that waits for `go`, and says when it has run.
+    fn gated(
+        go: tokio::sync::oneshot::Receiver<()>,
+    ) -> (Arc<AtomicBool>, impl std::future::Future<Output = ()>) {
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        (done, async move {
+            let _ = go.await;
+            d.store(true, Ordering::SeqCst);
+        })
+    }
+
+    #[tokio::test]
+    async fn work_after_the_reply_returns_at_once_and_is_finished_before_stopping() {
+        let afterwork = Afterwork::new(true);
+        let (go, wait) = tokio::sync::oneshot::channel();
+        let (done, work) = gated(wait);
+        afterwork.run(work).await;
+        assert!(!done.load(Ordering::SeqCst), "run waited for the work");
+        let stopping = tokio::spawn({
+            let a = afterwork.clone();
+            async move { a.finish(Duration::from_secs(10)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!stopping.is_finished(), "finish did not wait for the work");
+        go.send(()).unwrap();
+        assert!(stopping.await.unwrap());
+        assert!(done.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn work_before_the_reply_is_done_when_run_returns() {
+        let afterwork = Afterwork::new(false);
+        let (go, wait) = tokio::sync::oneshot::channel();
+        let (done, work) = gated(wait);
+        go.send(()).unwrap();
+        afterwork.run(work).await;
+        assert!(done.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn finishing_gives_up_after_its_bound() {
+        let afterwork = Afterwork::new(true);
+        let (_go, wait) = tokio::sync::oneshot::channel::<()>();
+        let (done, work) = gated(wait);
+        afterwork.run(work).await;
+        assert!(!afterwork.finish(Duration::from_millis(30)).await);
+        assert!(!done.load(Ordering::SeqCst));
     }
 }

@@ -482,16 +482,21 @@ pub async fn start(
                     .await;
                 }
                 if let (true, Some(p)) = (sent_message, &prefix) {
-                    match st.abuse.record_send(p, now).await {
-                        Ok(events) => {
-                            for event in &events {
-                                tracing::warn!(event = ?event, "anti-abuse event");
+                    let (abuse, p) = (st.abuse.clone(), p.clone());
+                    st.afterwork
+                        .run(async move {
+                            match abuse.record_send(&p, now).await {
+                                Ok(events) => {
+                                    for event in &events {
+                                        tracing::warn!(event = ?event, "anti-abuse event");
+                                    }
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "send not recorded for the pumping detector")
+                                }
                             }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "send not recorded for the pumping detector")
-                        }
-                    }
+                        })
+                        .await;
                 }
                 match (claimed_message, handoff) {
                     (Some(message_id), Some((slot, to, text))) => slot.send(Handoff {
@@ -690,24 +695,33 @@ async fn finish_check(
         }
         _ => None,
     };
+    let masked = approved.as_ref().map(|(n, _)| n.masked());
+    let counted = approved.and_then(|(n, test)| (!test).then_some(n));
     // Giving back the reservation and counting the approval: one round trip on Redis.
-    tokio::join!(
-        async {
-            if let Some((bi, service_id, limit)) = &refund {
-                if let Err(e) = st.abuse.refund_guess(limit, service_id, bi, now).await {
-                    tracing::warn!(error = %e, "could not give back a guess reservation");
-                }
-            }
-        },
-        async {
-            if let Some((n, false)) = &approved {
-                // Conversion per prefix, for the pumping detector.
-                if let Err(e) = st.abuse.record_approval(n, now).await {
-                    tracing::warn!(error = %e, "approval not recorded for the pumping detector");
-                }
-            }
-        },
-    );
+    if refund.is_some() || counted.is_some() {
+        let abuse = st.abuse.clone();
+        st.afterwork
+            .run(async move {
+                tokio::join!(
+                    async {
+                        if let Some((bi, service_id, limit)) = &refund {
+                            if let Err(e) = abuse.refund_guess(limit, service_id, bi, now).await {
+                                tracing::warn!(error = %e, "could not give back a guess reservation");
+                            }
+                        }
+                    },
+                    async {
+                        if let Some(n) = &counted {
+                            // Conversion per prefix, for the pumping detector.
+                            if let Err(e) = abuse.record_approval(n, now).await {
+                                tracing::warn!(error = %e, "approval not recorded for the pumping detector");
+                            }
+                        }
+                    },
+                );
+            })
+            .await;
+    }
     st.metrics.check(match &outcome {
         Ok(CheckOutcome::Approved(_)) => "approved",
         Ok(CheckOutcome::Wrong { .. }) => "wrong",
@@ -724,8 +738,7 @@ async fn finish_check(
         }),
         CheckOutcome::Approved(v) => {
             tracing::debug!(verification_id = %v.row.id, "verification approved");
-            let to = approved.map(|(n, _)| n.masked());
-            Ok(Json(VerificationView::new(&v.row, to, now)).into_response())
+            Ok(Json(VerificationView::new(&v.row, masked, now)).into_response())
         }
         CheckOutcome::Wrong { v, .. } => {
             let to = masked_number(st, &v.subject);
