@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 pub mod demo;
 pub mod keys;
+pub mod log_fields;
 pub mod migrate;
 pub mod phone;
 pub mod serve;

@@ -19,7 +19,11 @@ pub fn init_logging(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .fmt_fields(super::log_fields::JsonSpanFields)
+            .try_init(),
         LogFormat::Pretty => builder.compact().try_init(),
     };
 }
