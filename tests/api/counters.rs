@@ -69,7 +69,7 @@ async fn with_redis_counters_sends_are_metered_and_the_instance_is_ready() {
         return;
     };
     let counters = url.parse::<CountersSpec>().unwrap().build().await.unwrap();
-    let app = spawn_app_with_counters(counters).await;
+    let app = spawn_app_with_counters(counters.clone()).await;
     let ready = fetch(app.anon(reqwest::Method::GET, "/readyz")).await;
     assert_eq!(
         ready.status, 200,
@@ -77,5 +77,19 @@ async fn with_redis_counters_sends_are_metered_and_the_instance_is_ready() {
         ready.text
     );
     assert_eq!(ready.json["checks"]["counters_backend"], "redis");
+    // The send's count for the pumping detector follows the reply on Redis: it lands
+    // within moments. (Other runs' counts of this window may be there: a difference.)
+    let now = ringfence::clock::Clock::now(&app.clock);
+    let day = 24 * 3600 * 1000;
+    let before = counters.get_window("pc:44:sent", day, now).await.unwrap();
     app.started(&mobile(4242)).await;
+    let mut after = before;
+    for _ in 0..100 {
+        after = counters.get_window("pc:44:sent", day, now).await.unwrap();
+        if after > before {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(after, before + 1, "the send was not counted in Redis");
 }
