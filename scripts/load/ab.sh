@@ -50,15 +50,14 @@ start_side() {
   local side=$1 bin=$2 port=$3 offset=$4 extra=$5 store=()
   if [ -n "${POSTGRES_URL:-}" ]; then
     local db="rf_ab_${side,,}_$$"
-    psql "$POSTGRES_URL" -qc "CREATE DATABASE $db"
     DBS+=("$db")
-    store=(--database-url "${POSTGRES_URL%/*}/$db?sslmode=disable")
+    store=(--database-url "$(fresh_pg_database "$db")")
   fi
   if [ -n "${REDIS_URL:-}" ]; then
     local base="${REDIS_URL%/*}" n="${REDIS_URL##*/}"
     [[ "$n" =~ ^[0-9]+$ ]] || { base="$REDIS_URL"; n=9; }
     local url="$base/$((n + offset))"
-    redis-cli -u "$url" FLUSHDB >/dev/null
+    empty_redis "$url"
     store+=(--counters-url "$url")
   fi
   mkdir -p "$WORK/$side"

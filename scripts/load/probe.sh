@@ -54,11 +54,10 @@ trap cleanup EXIT
 STORE=()
 if [ -n "${POSTGRES_URL:-}" ]; then
   DB="rf_probe_$$"
-  psql "$POSTGRES_URL" -qc "CREATE DATABASE $DB ${PG_CREATE_OPTS:-}"
-  STORE=(--database-url "${POSTGRES_URL%/*}/$DB?sslmode=disable")
+  STORE=(--database-url "$(fresh_pg_database "$DB")")
 fi
 if [ -n "${REDIS_URL:-}" ]; then
-  redis-cli -u "$REDIS_URL" FLUSHDB >/dev/null
+  empty_redis "$REDIS_URL"
   STORE+=(--counters-url "$REDIS_URL")
 fi
 start_server "$BIN" "$WORK" "$PORT" "${STORE[@]}"

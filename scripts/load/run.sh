@@ -61,13 +61,10 @@ for MODE in $MODES; do
   if [ "${MODE%+redis}" = postgres ]; then
     : "${POSTGRES_URL:?set POSTGRES_URL to measure PostgreSQL}"
     DB="rf_load_$$"
-    psql "$POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
-    # PostgreSQL is on this machine: no TLS on the loopback (sqlx's default, `prefer`,
-    # negotiates it when the server offers it). PG_SSLMODE=prefer measures with it.
-    STORE=(--database-url "${POSTGRES_URL%/*}/$DB?sslmode=${PG_SSLMODE:-disable}")
+    STORE=(--database-url "$(fresh_pg_database "$DB")")
     if [ "$MODE" = postgres+redis ]; then
       REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/9}"
-      redis-cli -u "$REDIS_URL" FLUSHDB >/dev/null
+      empty_redis "$REDIS_URL"
       STORE+=(--counters-url "$REDIS_URL")
     fi
   else

@@ -1,6 +1,8 @@
 # Sourced by run.sh and probe.sh: starts the server for a load, and pairs what it sent.
 #
 #   start_server BIN WORK PORT STORE_ARGS...
+#   fresh_pg_database NAME
+#   empty_redis URL
 #   wait_for_fresh_window SECONDS
 #   pairs_from_sink SINK PAIRS
 #
@@ -66,4 +68,20 @@ wait_for_fresh_window() { # seconds the run needs
   elif [ "$left" -lt "$(($1 + 5))" ]; then
     sleep "$left"
   fi
+}
+
+# Creates the database NAME anew on the server of $POSTGRES_URL (with $PG_CREATE_OPTS,
+# if set) and prints its URL for `--database-url`. PostgreSQL is on this machine: no TLS
+# on the loopback (sqlx's default, `prefer`, negotiates it when the server offers it);
+# PG_SSLMODE=prefer measures with it.
+fresh_pg_database() { # name
+  PGOPTIONS='-c client_min_messages=warning' \
+    psql "$POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $1" -c "CREATE DATABASE $1 ${PG_CREATE_OPTS:-}"
+  echo "${POSTGRES_URL%/*}/$1?sslmode=${PG_SSLMODE:-disable}"
+}
+
+# Empties the Redis database of URL, for counters that start from nothing (what a load
+# leaves there, closed prefixes and a day's spend, would change what the next one sees).
+empty_redis() { # url
+  redis-cli -u "$1" FLUSHDB >/dev/null
 }
