@@ -6,7 +6,9 @@
 //! With `normal`, a commit is acknowledged once it is in the operating system's page
 //! cache: it survives a crash of the process (kill -9) but a power cut or kernel crash
 //! can lose what was acknowledged since the last WAL sync; a checkpointer syncs the WAL
-//! every `CHECKPOINT_INTERVAL` at least, which bounds that window.
+//! every `CHECKPOINT_INTERVAL` at least, which bounds that window. With `full` the
+//! writer writes its WAL through `ringfence_sqlite_wal`, a commit's frames in one
+//! write; that is safe only where every commit syncs the WAL, so not with `normal`.
 //!
 //! This backend serves exactly one instance; `ringfence serve` takes a lock file next
 //! to the database to make sure of it.
@@ -181,7 +183,16 @@ impl SqliteStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let mut conn = Connection::open(path)?;
+        let mut conn = match durability {
+            // Each commit syncs the WAL before it is published: the writer's WAL can
+            // take a commit's frames in one write (see ringfence_sqlite_wal).
+            Durability::Full => Connection::open_with_flags_and_vfs(
+                path,
+                OpenFlags::default(),
+                ringfence_sqlite_wal::register().map_err(anyhow::Error::msg)?,
+            )?,
+            Durability::Normal => Connection::open(path)?,
+        };
         configure(&conn, durability, WRITER_CACHE_KIB)?;
         migrate(&mut conn)?;
         let mut readers = Vec::with_capacity(READERS);
