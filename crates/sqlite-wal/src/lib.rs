@@ -90,6 +90,23 @@ unsafe fn register_once() -> Result<(), String> {
     }
 }
 
+/// Whether `conn`'s main database was opened through this VFS.
+pub fn opened_through(conn: &rusqlite::Connection) -> bool {
+    let mut vfs: *mut ffi::sqlite3_vfs = ptr::null_mut();
+    // SAFETY: the handle is live while `conn` is borrowed; SQLITE_FCNTL_VFS_POINTER
+    // writes the pointer of the VFS that opened the main database's file.
+    let rc = unsafe {
+        ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_VFS_POINTER,
+            (&raw mut vfs).cast::<c_void>(),
+        )
+    };
+    // SAFETY: a registered VFS and its name live as long as the process.
+    rc == ffi::SQLITE_OK && !vfs.is_null() && unsafe { CStr::from_ptr((*vfs).zName) } == NAME
+}
+
 thread_local! {
     static WRITES: Cell<Writes> = const { Cell::new(Writes { received: 0, issued: 0 }) };
 }

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use ringfence_sqlite_wal::{register, writes_on_this_thread, Writes, LIMIT};
+use ringfence_sqlite_wal::{opened_through, register, writes_on_this_thread, Writes, LIMIT};
 use rusqlite::hooks::Wal;
 use rusqlite::{Connection, OpenFlags};
 
@@ -68,6 +68,8 @@ fn each_commit_is_in_the_file_in_one_write_before_it_returns() {
     // checkpoint off: the test checkpoints itself).
     conn.wal_hook(Some(note_frames));
     let reader = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    assert!(opened_through(&conn));
+    assert!(!opened_through(&reader));
     let page_size: usize = conn
         .query_row("PRAGMA page_size", [], |r| r.get(0))
         .unwrap();

@@ -435,3 +435,36 @@ impl Store for SqliteStore {
         self.read(ops::next_outbox_due).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::KeyBytes;
+
+    /// The writer writes its WAL a commit at a time only where each commit syncs it.
+    #[tokio::test]
+    async fn only_a_full_store_writes_its_wal_through_the_coalescing_vfs() {
+        for (durability, expected) in [(Durability::Full, true), (Durability::Normal, false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = SqliteStore::open(
+                &dir.path().join("db"),
+                CodeHasher::new(KeyBytes::generate()),
+                durability,
+            )
+            .unwrap();
+            let through = store
+                .writer
+                .write(|c| Ok(ringfence_sqlite_wal::opened_through(c)))
+                .await
+                .unwrap();
+            assert_eq!(through, expected, "{durability:?}");
+            let synchronous: i64 = store
+                .writer
+                .write(|c| Ok(c.query_row("PRAGMA synchronous", [], |r| r.get(0))?))
+                .await
+                .unwrap();
+            // FULL is 2, NORMAL 1.
+            assert_eq!(synchronous == 2, expected, "{durability:?}");
+        }
+    }
+}
