@@ -24,6 +24,9 @@
 #                        change what a test sees: use one nothing else uses, such as
 #                        redis://127.0.0.1:6379/9 (run.sh's), never the tests'
 #   CHECKS=1             checks each code the starts sent, for SECONDS / 2, after them
+#   CONNS=n              wrk's connections (32)
+#   PERCENTILES=1        prints the latency's percentiles from p10 to p99.9, its mean,
+#                        standard deviation and maximum
 #   SQL='…'              statements run on the SQLite database before the load, with
 #                        the sqlite3 shell (an experiment on the schema, say)
 #   WRITER_STATE=1       samples the SQLite writer's state during the load
@@ -90,7 +93,7 @@ measure() { # what (a request's name, for the report), seconds, wrk args...
   out=$(wrk -t2 -c"$CONNS" -d"${secs}s" --latency "$@" "http://127.0.0.1:$PORT")
   s1=$(server_ticks); o1=$(other_ticks); m1=$(head -1 /proc/stat); w1=$(written)
   n=$(echo "$out" | awk '/requests in/ {print $1}')
-  echo "$out" | grep -E "non-2xx" || true
+  echo "$out" | grep -E "non-2xx|^latency" || true
   python3 - "$what" "$CEILING" "$out" "$n" "$s0" "$s1" "$o0" "$o1" "$m0" "$m1" "$w0" "$w1" <<'PY'
 import sys
 what, ceiling, out, n = sys.argv[1], float(sys.argv[2]), sys.argv[3], int(sys.argv[4])
