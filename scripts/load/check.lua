@@ -31,15 +31,9 @@ request = function()
   }, '{"code":"' .. p[2] .. '"}')
 end
 
+-- report.lua, beside this script.
+local report = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "report.lua")
+
 done = function(summary, latency, requests)
-  io.write(string.format("non-2xx responses: %d\n", summary.errors.status))
-  -- PERCENTILES=1: the latency distribution in more detail than wrk's --latency.
-  if os.getenv("PERCENTILES") then
-    local line = "latency (ms):"
-    for _, p in ipairs({10, 25, 50, 75, 90, 95, 99, 99.9}) do
-      line = line .. string.format(" p%s %.2f", p, latency:percentile(p) / 1000)
-    end
-    io.write(line .. string.format(" mean %.2f stdev %.2f max %.2f\n",
-      latency.mean / 1000, latency.stdev / 1000, latency.max / 1000))
-  end
+  report(summary, latency)
 end
