@@ -346,6 +346,23 @@ passed_on! {
     fn lock(level: c_int) => xLock;
     fn unlock(level: c_int) => xUnlock;
     fn check_reserved_lock(out: *mut c_int) => xCheckReservedLock;
-    fn sector_size() => xSectorSize;
-    fn device_characteristics() => xDeviceCharacteristics;
+}
+
+// Not error codes: without the method, SQLite's own defaults.
+unsafe extern "C" fn sector_size(file: *mut ffi::sqlite3_file) -> c_int {
+    // SAFETY: called by SQLite on a file `open` set up, whose real file stays open.
+    let real = unsafe { wal(file) }.real;
+    match unsafe { (*(*real).pMethods).xSectorSize } {
+        Some(f) => unsafe { f(real) },
+        None => 4096,
+    }
+}
+
+unsafe extern "C" fn device_characteristics(file: *mut ffi::sqlite3_file) -> c_int {
+    // SAFETY: as for `sector_size`.
+    let real = unsafe { wal(file) }.real;
+    match unsafe { (*(*real).pMethods).xDeviceCharacteristics } {
+        Some(f) => unsafe { f(real) },
+        None => 0,
+    }
 }
