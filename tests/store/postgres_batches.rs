@@ -4,7 +4,8 @@
 //! every start of every instance shares; a number seen for the first time starts
 //! without waiting for its number's lock; a hostile id in a check finds nothing; and
 //! a batch of starts or checks whose locks time out leaves no connection behind in a
-//! failed transaction.
+//! failed transaction; and a pooled connection the server dropped while it sat idle is
+//! replaced before a request uses it.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -294,5 +295,57 @@ async fn on_postgres_a_new_numbers_start_waits_for_a_concurrent_creator_of_its_s
     );
     let counts = b.inspect.counts().await;
     assert_eq!((counts.subjects, counts.verifications), (1, 1));
+    drop(keep);
+}
+
+/// The pool hands out a connection without testing it when it was in use a moment ago
+/// (a round trip saved per batch under load), but one that sat idle is pinged first:
+/// connections the server dropped meanwhile (a restart, an idle timeout, a proxy) are
+/// replaced without failing a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_connections_dropped_while_idle_are_replaced_unnoticed() {
+    let Some(OnPostgres { b, pg, keep, url }) = on_postgres(|_| {}).await else {
+        return;
+    };
+    b.store.ping().await.expect("ping");
+    // Every connection the pool holds, at once: their server processes.
+    let mut held = Vec::new();
+    for _ in 0..pg.pool().size() {
+        held.push(pg.pool().acquire().await.unwrap());
+    }
+    let mut pids = Vec::new();
+    for conn in &mut held {
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut **conn)
+            .await
+            .unwrap();
+        pids.push(pid);
+    }
+    drop(held);
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    let ended: i64 =
+        sqlx::query_scalar("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM unnest($1::int[]) AS pid")
+            .bind(&pids)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    assert_eq!(
+        ended,
+        pids.len() as i64,
+        "every pooled connection was ended"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    for _ in 0..pids.len() + 1 {
+        b.store
+            .ping()
+            .await
+            .expect("a dropped idle connection is replaced");
+    }
+    let now: Vec<i32> = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_all(pg.pool())
+        .await
+        .unwrap();
+    assert!(!pids.contains(&now[0]), "a new connection answered");
     drop(keep);
 }

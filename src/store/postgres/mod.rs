@@ -29,6 +29,10 @@ mod starts;
 use batch::{Batcher, Limits};
 use checks::CheckReq;
 
+/// A pooled connection idle at least this long is pinged before it is handed out
+/// (HikariCP's default for the same choice).
+const PING_IF_IDLE_FOR: std::time::Duration = std::time::Duration::from_millis(500);
+
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_decisions.sql")),
@@ -159,6 +163,20 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
+            // A connection is tested with a round trip before use only if it sat idle
+            // for a while: under load each is back in the pool for microseconds, and a
+            // ping per acquire (sqlx's default) was a round trip per batch. A connection
+            // that broke in between fails its statement, is closed, and the request
+            // gets a retryable 503; the pool opens a new one.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IF_IDLE_FOR {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .after_connect(move |conn, _| {
                 // Owned statements: the future must be Send for every lifetime of `conn`.
                 let mut statements = vec![format!("SET statement_timeout = {timeout_ms}")];
