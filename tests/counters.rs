@@ -492,6 +492,18 @@ async fn several_windows_at_once_are_the_windows_one_by_one(c: Arc<dyn Counters>
         slidings[0],
         c.get_sliding(&a, 60_000, clock.now()).await.unwrap()
     );
+    // Plain windows and sliding ones in one read: each part as if read alone.
+    let now = clock.now();
+    let (windows, both) = c
+        .get_windows_and_slidings(
+            &[(&b, 3_600_000, now), (&a, 60_000, now - 60_000)],
+            &[(&a, 60_000), (&b, 3_600_000)],
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(windows, [5, 3]);
+    assert_eq!(both, slidings);
     // Every key is checked, also in a batch.
     let err = c
         .incr_windows(

@@ -708,15 +708,14 @@ impl PumpingDetector {
             (k.country_sent(), p.baseline_window_ms),
             (k.country_approved(), p.baseline_window_ms),
         ];
-        let (closed, spent, counts) = tokio::join!(
+        let (closed, read) = tokio::join!(
             c.get_value(mark, now),
-            c.get_windows(&spends),
-            c.get_slidings(&slidings, now),
+            c.get_windows_and_slidings(&spends, &slidings, now),
         );
         if let Some(stored) = closed? {
             return Ok(self.assessment(decode(&stored)?, Vec::new()));
         }
-        let (spent, counts) = (spent?, counts?);
+        let (spent, counts) = read?;
 
         let spend = |reason, spent_micros, budget_micros| Closure {
             reason,

@@ -420,18 +420,32 @@ pub trait Counters: Send + Sync + 'static {
     /// [`Counters::get_sliding`] of several `(key, window_ms)` at once, in one
     /// [`Counters::get_windows`].
     async fn get_slidings(&self, reads: &[(&str, i64)], now: Millis) -> CountersResult<Vec<u64>> {
-        let mut windows = Vec::with_capacity(reads.len() * 2);
-        for (key, window_ms) in reads {
+        Ok(self.get_windows_and_slidings(&[], reads, now).await?.1)
+    }
+
+    /// [`Counters::get_windows`] of `windows` and [`Counters::get_slidings`] of
+    /// `slidings`, all in one [`Counters::get_windows`] (one `MGET` on Redis).
+    async fn get_windows_and_slidings(
+        &self,
+        windows: &[(&str, i64, Millis)],
+        slidings: &[(&str, i64)],
+        now: Millis,
+    ) -> CountersResult<(Vec<u64>, Vec<u64>)> {
+        let mut reads = Vec::with_capacity(windows.len() + slidings.len() * 2);
+        reads.extend_from_slice(windows);
+        for (key, window_ms) in slidings {
             let w = check_window(*window_ms)?;
-            windows.push((*key, w, now));
-            windows.push((*key, w, now - w));
+            reads.push((*key, w, now));
+            reads.push((*key, w, now - w));
         }
-        let counts = self.get_windows(&windows).await?;
-        Ok(windows
+        let mut counts = self.get_windows(&reads).await?;
+        let pairs = counts.split_off(windows.len());
+        let estimates = reads[windows.len()..]
             .chunks(2)
-            .zip(counts.chunks(2))
+            .zip(pairs.chunks(2))
             .map(|(w, c)| sliding_estimate(c[0], c[1], w[0].1, now))
-            .collect())
+            .collect();
+        Ok((counts, estimates))
     }
 
     /// [`Counters::incr_window`] of several `(key, window_ms, by)` at once (one
