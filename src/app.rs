@@ -58,6 +58,7 @@ impl std::ops::Deref for AppState {
     }
 }
 
+/// The parts of [`AppState`].
 pub struct AppParts {
     pub store: Arc<dyn Store>,
     pub keys: Arc<Keyring>,

@@ -2,8 +2,8 @@
 //! inside a batch fails alone (its savepoint is rolled back, not the batch), so no
 //! other request has to be sent again; starts lock no row of their service, which
 //! every start of every instance shares; a number seen for the first time starts
-//! without waiting for its number's lock; a hostile id in a check finds nothing; and
-//! a batch of starts or checks whose locks time out leaves no connection behind in a
+//! without waiting for its number's lock; a hostile id in a check finds nothing; a
+//! batch of starts or checks whose locks time out leaves no connection behind in a
 //! failed transaction; and a pooled connection the server dropped while it sat idle is
 //! replaced before a request uses it.
 
