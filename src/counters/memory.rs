@@ -22,6 +22,19 @@
 //! other one-off keys, not the limits that are biting. Freeing an eighth at a time
 //! makes the scan amortised O(1) per insert. Redis configured with
 //! `maxmemory-policy volatile-ttl` applies the same rule.
+//!
+//! ## Memory
+//!
+//! Numbers (GCRA TATs, window counts: nearly every key) and texts (`put_if_absent`'s
+//! marks, a handful) live in two tables of a shard, so that a number's entry is 32
+//! bytes with its slot rather than the 48 an entry that might hold a text takes. A hash
+//! table marks a removed entry with a tombstone, and once tombstones and entries fill
+//! it, a table more than half full doubles rather than rehashing in place: under a
+//! steady churn of one-off keys (one per new number) a full shard would end at twice
+//! its size. Making room therefore rebuilds the number table at the size the bound
+//! needs, and an entry found expired is left for that sweep (a new value for its key
+//! overwrites it in place) rather than removed on the spot. At the default bound the
+//! tables take about 9 MB (16 × 16,384 buckets of 33 bytes).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -38,8 +51,7 @@ use crate::clock::Millis;
 
 const SHARDS: usize = 16;
 
-/// The default bound on keys: about 25 MB at worst (an entry is about 60 bytes and a
-/// hash table is up to half empty after growing).
+/// The default bound on keys: about 9 MB of tables (see the module docs, "Memory").
 pub const DEFAULT_MAX_ENTRIES: usize = 200_000;
 
 pub struct MemoryCounters {
@@ -50,15 +62,18 @@ pub struct MemoryCounters {
 }
 
 /// A key as held: the 128-bit SipHash-1-3 of its text under a random per-process key,
-/// instead of the text, so an entry costs the same (about 60 bytes) whatever its key's
-/// length. No one who does not know the hash key can aim two keys at one slot; by
+/// instead of the text, so an entry costs the same (33 bytes in its table) whatever its
+/// key's length. No one who does not know the hash key can aim two keys at one slot; by
 /// chance, two of a million keys share a slot with probability about 10⁻²⁷.
 type Slot = u128;
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<Slot, Entry, BuildHasherDefault<SlotHasher>>,
+    ints: Table<i64>,
+    texts: Table<Box<str>>,
 }
+
+type Table<V> = HashMap<Slot, Entry<V>, BuildHasherDefault<SlotHasher>>;
 
 /// The map's hasher: a slot is already a keyed hash, with a per-process random seed, so
 /// its low half serves as the table's hash as it is (hashing it again would only cost
@@ -94,28 +109,11 @@ enum Space {
     Value,
 }
 
-#[derive(Clone)]
-struct Entry {
-    value: Value,
+struct Entry<V> {
+    /// A GCRA TAT (µs) or a window count; or the text of [`Counters::put_if_absent`].
+    value: V,
     /// The caller-time (ms) from which this entry reads as absent.
     expires_at: Millis,
-}
-
-#[derive(Clone)]
-enum Value {
-    /// A GCRA TAT (µs) or a window count.
-    Int(i64),
-    /// A value of [`Counters::put_if_absent`].
-    Text(Box<str>),
-}
-
-impl Value {
-    fn int(&self) -> Option<i64> {
-        match self {
-            Self::Int(n) => Some(*n),
-            Self::Text(_) => None,
-        }
-    }
 }
 
 impl Default for MemoryCounters {
@@ -144,7 +142,7 @@ impl MemoryCounters {
 
     /// Keys held now, including expired ones not yet swept.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).map.len()).sum()
+        self.shards.iter().map(|s| lock(s).len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -187,10 +185,10 @@ impl MemoryCounters {
             // Absent and "TAT has passed" mean the same, so expire at the TAT.
             let expires_at = new_tat.div_euclid(1000) + 1;
             let entry = Entry {
-                value: Value::Int(new_tat),
+                value: new_tat,
                 expires_at,
             };
-            shard.put(k, entry, self.per_shard, now);
+            shard.put_int(k, entry, self.per_shard, now);
         }
         Ok(decision)
     }
@@ -203,10 +201,10 @@ impl MemoryCounters {
             let back = rate.interval_us().saturating_mul(i64::from(cost));
             let new_tat = tat.saturating_sub(back).max(now_us);
             let entry = Entry {
-                value: Value::Int(new_tat),
+                value: new_tat,
                 expires_at: new_tat.div_euclid(1000) + 1,
             };
-            shard.put(k, entry, self.per_shard, now);
+            shard.put_int(k, entry, self.per_shard, now);
         }
         Ok(())
     }
@@ -222,10 +220,10 @@ impl MemoryCounters {
         let count = count.saturating_add(by);
         // Kept one window past its end: the sliding estimate reads it then.
         let entry = Entry {
-            value: Value::Int(count),
+            value: count,
             expires_at: now + left + window_ms,
         };
-        shard.put(k, entry, self.per_shard, now);
+        shard.put_int(k, entry, self.per_shard, now);
         Ok(count as u64)
     }
 
@@ -233,7 +231,7 @@ impl MemoryCounters {
         check_key(key)?;
         let window_ms = check_window(window_ms)?;
         let (index, _) = window_of(window_ms, now);
-        let (mut shard, k) = self.locate(Space::Window { window_ms, index }, key);
+        let (shard, k) = self.locate(Space::Window { window_ms, index }, key);
         let count = shard.get_int(k, now).unwrap_or(0);
         Ok(count.max(0) as u64)
     }
@@ -244,52 +242,72 @@ fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The entry under `key` if it is live at `now`. One found expired stays until the
+/// next sweep (see "Memory" in the module docs).
+fn live<V>(table: &Table<V>, key: Slot, now: Millis) -> Option<&Entry<V>> {
+    table.get(&key).filter(|e| e.expires_at > now)
+}
+
+/// Drops, in table order, entries whose expiry `pick`s out, while `left` is above 0.
+fn evict<V>(table: &mut Table<V>, left: &mut usize, pick: impl Fn(Millis) -> bool) {
+    table.retain(|_, e| {
+        let drop = *left > 0 && pick(e.expires_at);
+        *left -= usize::from(drop);
+        !drop
+    });
+}
+
 impl Shard {
-    /// The entry under `key` if it is live at `now`; an expired one is dropped.
-    fn get(&mut self, key: Slot, now: Millis) -> Option<&Entry> {
-        let live = self.map.get(&key).map(|e| e.expires_at > now)?;
-        if !live {
-            self.map.remove(&key);
-            return None;
-        }
-        self.map.get(&key)
+    fn len(&self) -> usize {
+        self.ints.len() + self.texts.len()
     }
 
-    fn get_int(&mut self, key: Slot, now: Millis) -> Option<i64> {
-        self.get(key, now).and_then(|e| e.value.int())
+    fn get_int(&self, key: Slot, now: Millis) -> Option<i64> {
+        live(&self.ints, key, now).map(|e| e.value)
     }
 
-    fn put(&mut self, key: Slot, entry: Entry, cap: usize, now: Millis) {
-        if self.map.len() >= cap && !self.map.contains_key(&key) {
+    fn get_text(&self, key: Slot, now: Millis) -> Option<&Entry<Box<str>>> {
+        live(&self.texts, key, now)
+    }
+
+    fn put_int(&mut self, key: Slot, entry: Entry<i64>, cap: usize, now: Millis) {
+        if self.len() >= cap && !self.ints.contains_key(&key) {
             self.make_room(cap, now);
         }
-        self.map.insert(key, entry);
+        self.ints.insert(key, entry);
+    }
+
+    fn put_text(&mut self, key: Slot, entry: Entry<Box<str>>, cap: usize, now: Millis) {
+        if self.len() >= cap && !self.texts.contains_key(&key) {
+            self.make_room(cap, now);
+        }
+        self.texts.insert(key, entry);
     }
 
     /// Drops expired entries, then the soonest-expiring ones, until an eighth of the
-    /// shard is free (see the module docs).
+    /// shard is free (see the module docs); then rebuilds the number table at the size
+    /// `cap` needs, without the tombstones of what was removed.
     fn make_room(&mut self, cap: usize, now: Millis) {
-        self.map.retain(|_, e| e.expires_at > now);
+        self.ints.retain(|_, e| e.expires_at > now);
+        self.texts.retain(|_, e| e.expires_at > now);
         let target = cap.saturating_sub((cap / 8).max(1));
-        if self.map.len() <= target {
-            return;
+        if self.len() > target {
+            let excess = self.len() - target;
+            let mut expiries: Vec<Millis> = (self.ints.values().map(|e| e.expires_at))
+                .chain(self.texts.values().map(|e| e.expires_at))
+                .collect();
+            let cutoff = *expiries.select_nth_unstable(excess - 1).1;
+            // Fewer than `excess` entries expire strictly before the cutoff: drop them
+            // all, then as many at the cutoff as needed.
+            let mut left = excess;
+            evict(&mut self.ints, &mut left, |at| at < cutoff);
+            evict(&mut self.texts, &mut left, |at| at < cutoff);
+            evict(&mut self.ints, &mut left, |at| at == cutoff);
+            evict(&mut self.texts, &mut left, |at| at == cutoff);
         }
-        let excess = self.map.len() - target;
-        let mut expiries: Vec<Millis> = self.map.values().map(|e| e.expires_at).collect();
-        let cutoff = *expiries.select_nth_unstable(excess - 1).1;
-        // Fewer than `excess` entries expire strictly before the cutoff: drop them all,
-        // then as many at the cutoff as needed.
-        let mut left = excess;
-        self.map.retain(|_, e| {
-            let drop = left > 0 && e.expires_at < cutoff;
-            left -= usize::from(drop);
-            !drop
-        });
-        self.map.retain(|_, e| {
-            let drop = left > 0 && e.expires_at == cutoff;
-            left -= usize::from(drop);
-            !drop
-        });
+        let mut ints = Table::with_capacity_and_hasher(cap, Default::default());
+        ints.extend(self.ints.drain());
+        self.ints = ints;
     }
 }
 
@@ -377,23 +395,19 @@ impl Counters for MemoryCounters {
         check_value(value)?;
         let ttl_ms = check_ttl(ttl_ms)?;
         let (mut shard, k) = self.locate(Space::Value, key);
-        if let Some(Entry {
-            value: Value::Text(held),
-            expires_at,
-        }) = shard.get(k, now)
-        {
+        if let Some(held) = shard.get_text(k, now) {
             return Ok(Stored {
-                value: held.to_string(),
+                value: held.value.to_string(),
                 created: false,
-                expires_at: *expires_at,
+                expires_at: held.expires_at,
             });
         }
         let expires_at = now.saturating_add(ttl_ms);
         let entry = Entry {
-            value: Value::Text(value.into()),
+            value: value.into(),
             expires_at,
         };
-        shard.put(k, entry, self.per_shard, now);
+        shard.put_text(k, entry, self.per_shard, now);
         Ok(Stored {
             value: value.to_owned(),
             created: true,
@@ -403,14 +417,8 @@ impl Counters for MemoryCounters {
 
     async fn get_value(&self, key: &str, now: Millis) -> CountersResult<Option<String>> {
         check_key(key)?;
-        let (mut shard, k) = self.locate(Space::Value, key);
-        let held = match shard.get(k, now) {
-            Some(Entry {
-                value: Value::Text(held),
-                ..
-            }) => Some(held.to_string()),
-            _ => None,
-        };
+        let (shard, k) = self.locate(Space::Value, key);
+        let held = shard.get_text(k, now).map(|e| e.value.to_string());
         Ok(held)
     }
 
@@ -466,11 +474,63 @@ mod tests {
         assert_eq!(c.get_window("p:1", 1_000, NOW + 1_000).await.unwrap(), 0);
         c.gcra("n:1", Rate::per_second(1), NOW).await.unwrap();
         assert_eq!(c.len(), 2);
-        // Reading the GCRA key after its TAT removes it.
+        // Read after its TAT, the GCRA key is a full burst again; its new TAT takes
+        // the expired entry's place.
         let d = c
             .gcra("n:1", Rate::per_second(1), NOW + 5_000)
             .await
             .unwrap();
         assert_eq!(d.remaining, 0);
+        assert_eq!(c.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_churn_of_one_off_keys_keeps_each_table_at_its_size() {
+        // One new key per new number, as at sign-up: without the rebuild, the
+        // tombstones of evicted keys make a full table double.
+        let per_shard = 64;
+        let c = MemoryCounters::new(SHARDS * per_shard);
+        let sized =
+            Table::<i64>::with_capacity_and_hasher(per_shard, Default::default()).capacity();
+        for i in 0..100_000 {
+            let key = format!("n:{i:x}");
+            c.gcra(&key, Rate::per_hour(5), NOW + i / 100)
+                .await
+                .unwrap();
+        }
+        assert!(c.len() <= SHARDS * per_shard, "{}", c.len());
+        for shard in c.shards.iter() {
+            let held = lock(shard).ints.capacity();
+            assert!(
+                held <= sized,
+                "a table holds room for {held}, sized for {sized}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn texts_and_numbers_share_the_bound() {
+        let c = MemoryCounters::new(SHARDS * 8);
+        for i in 0..1_000 {
+            let key = format!("mark:{i:x}");
+            c.put_if_absent(&key, "closed", 60_000, NOW).await.unwrap();
+            c.incr_window(&key, 60_000, 1, NOW).await.unwrap();
+        }
+        assert!(c.len() <= SHARDS * 8, "{}", c.len());
+        let kept = c
+            .put_if_absent("mark:new", "v1", 60_000, NOW)
+            .await
+            .unwrap();
+        assert!(kept.created);
+        let again = c
+            .put_if_absent("mark:new", "v2", 60_000, NOW)
+            .await
+            .unwrap();
+        assert_eq!((again.created, again.value.as_str()), (false, "v1"));
+        assert_eq!(
+            c.get_value("mark:new", NOW).await.unwrap().as_deref(),
+            Some("v1")
+        );
+        assert_eq!(c.get_value("mark:new", NOW + 60_000).await.unwrap(), None);
     }
 }
