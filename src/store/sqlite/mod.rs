@@ -14,17 +14,17 @@
 //! to the database to make sure of it.
 
 mod ops;
+mod readers;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
 
 use super::*;
 use crate::crypto::CodeHasher;
+use readers::Readers;
 use writer::Writer;
 
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -36,6 +36,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("migrations/0006_outbox_due_predicate.sql")),
 ];
 
+/// Read connections, each on a thread of its own (see `readers`).
 const READERS: usize = 4;
 
 /// How often the checkpointer moves the WAL into the database (and syncs the WAL).
@@ -63,8 +64,7 @@ impl Durability {
 
 pub struct SqliteStore {
     writer: Writer,
-    readers: Arc<Vec<Mutex<Connection>>>,
-    next_reader: AtomicUsize,
+    readers: Readers,
     codes: CodeHasher,
     path: PathBuf,
 }
@@ -95,7 +95,11 @@ impl From<rusqlite::Error> for StoreError {
 /// Page cache of the writing connection, in KiB. The read connections and the
 /// checkpointer get much smaller ones: together they bound the resident memory.
 const WRITER_CACHE_KIB: u32 = 8 * 1024;
-const READER_CACHE_KIB: u32 = 2 * 1024;
+/// A read connection's page cache, in KiB: room for the inner pages of the tables a
+/// read walks. In WAL mode a connection empties its cache whenever it begins a read
+/// after another connection committed (`pager_reset` in `pagerBeginReadTransaction`),
+/// so under writes a larger cache would only hold memory, not pages read again.
+const READER_CACHE_KIB: u32 = 512;
 
 fn configure(conn: &Connection, durability: Durability, cache_kib: u32) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -206,34 +210,26 @@ impl SqliteStore {
             r.busy_timeout(std::time::Duration::from_secs(5))?;
             r.set_prepared_statement_cache_capacity(64);
             r.pragma_update(None, "cache_size", -i64::from(READER_CACHE_KIB))?;
-            readers.push(Mutex::new(r));
+            readers.push(r);
         }
         let checkpointer = spawn_checkpointer(path, durability)?;
         Ok(Self {
             // The writer thread holds the checkpointer's only sender: the checkpointer
             // stops when the writer does.
             writer: Writer::spawn(conn, checkpointer),
-            readers: Arc::new(readers),
-            next_reader: AtomicUsize::new(0),
+            readers: Readers::spawn(readers)?,
             codes,
             path: path.to_owned(),
         })
     }
 
-    /// Runs a read-only closure on a pooled connection, off the async threads.
+    /// Runs a read-only closure on a read connection, off the async threads.
     async fn read<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        let readers = self.readers.clone();
-        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % readers.len();
-        tokio::task::spawn_blocking(move || {
-            let conn = readers[i].lock().unwrap_or_else(|p| p.into_inner());
-            f(&conn)
-        })
-        .await
-        .map_err(|e| StoreError::Internal(format!("reader task failed: {e}")))?
+        self.readers.read(f).await
     }
 }
 
