@@ -29,9 +29,9 @@ ROUNDS="${3:-6}"
 SECS="${4:-5}"
 CONNS="${CONNS:-32}"
 PORT="${PORT:-18211}"
-command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
 [ "$ROUNDS" -le 10 ] || { echo "at most 10 rounds (start.lua's RUN_SALT)" >&2; exit 2; }
 . scripts/load/serve.sh
+need_wrk_and
 
 WORK="$(mktemp -d)"
 PIDS=()

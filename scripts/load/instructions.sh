@@ -28,10 +28,9 @@ cd "$(dirname "$0")/../.."
 SECS="${1:-20}"
 PORT="${PORT:-18377}"
 BIN="${RINGFENCE_BIN:-target/release/ringfence}"
-command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
 command -v valgrind >/dev/null || { echo "valgrind is needed: apt-get install -y valgrind" >&2; exit 1; }
-[ -x "$BIN" ] || { echo "no binary at $BIN: cargo build --release, or set RINGFENCE_BIN" >&2; exit 1; }
 . scripts/load/serve.sh
+need_wrk_and "$BIN"
 
 WORK="$(mktemp -d)"
 PID=

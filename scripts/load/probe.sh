@@ -39,9 +39,8 @@ SECS="${1:-12}"
 CONNS="${CONNS:-32}"
 PORT="${PORT:-18199}"
 BIN="${RINGFENCE_BIN:-target/release/ringfence}"
-command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
-[ -x "$BIN" ] || { echo "no binary at $BIN: cargo build --release, or set RINGFENCE_BIN" >&2; exit 1; }
 . scripts/load/serve.sh
+need_wrk_and "$BIN"
 
 WORK="$(mktemp -d)"
 PID=

@@ -33,8 +33,8 @@ CONNS="${CONNS:-32}"
 THREADS="${WRK_THREADS:-$(nproc)}"   # wrk convention: one thread per core
 PORT="${PORT:-18181}"
 MODES="${MODES:-full normal}"
-command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
 . scripts/load/serve.sh
+need_wrk_and
 
 # RINGFENCE_BIN measures a binary built elsewhere (another commit, say) instead.
 if [ -n "${RINGFENCE_BIN:-}" ]; then

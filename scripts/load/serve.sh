@@ -1,11 +1,20 @@
-# Sourced by run.sh and probe.sh: starts the server for a load, and pairs what it sent.
+# Sourced by the load scripts (run.sh, probe.sh, ab.sh, memory.sh, instructions.sh): starts
+# the server for a load, and pairs what it sent.
 #
 #   start_server BIN WORK PORT STORE_ARGS...
 #   fresh_pg_database NAME
 #   empty_redis URL
 #   wait_for_fresh_window SECONDS
 #   pairs_from_sink SINK PAIRS
-#
+#   need_wrk_and [BIN]
+
+# Exits unless wrk is installed and, when given, BIN is an executable.
+need_wrk_and() { # [bin]
+  command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
+  [ -z "${1:-}" ] || [ -x "$1" ] ||
+    { echo "no binary at $1: cargo build --release, or set RINGFENCE_BIN" >&2; exit 1; }
+}
+
 # creates an API key (exported as RINGFENCE_KEY), starts `BIN serve` (under $RUNNER
 # when set, such as valgrind) on a data dir in WORK with the file sink WORK/sms.jsonl,
 # sets PID, waits until it answers (up to 60 s), and raises
