@@ -200,6 +200,28 @@ async fn an_unknown_verification_is_not_found() {
     .await;
 }
 
+#[tokio::test]
+async fn a_string_that_is_no_verification_id_is_not_found_and_changes_nothing() {
+    each_backend(|b| async move {
+        let svc = b.service("signup", |_| {}).await;
+        let v = b.start(&svc, PHONE).started().await;
+        // Hostile strings where an id belongs: not found, on either backend.
+        for id in [
+            "VE0000000000000000000000000000000g",
+            "VE'}'::text[]); DROP TABLE subjects; --",
+            &format!("{}' OR 'x'='x", v.id),
+            "",
+        ] {
+            let out = b.check(id, CODE, T0 + 1).await;
+            assert!(matches!(out, CheckOutcome::NotFound), "{id}: {out:?}");
+        }
+        // Nothing was counted against the verification.
+        let out = b.check(&v.id, CODE, T0 + 2).await;
+        assert!(matches!(out, CheckOutcome::Approved(_)), "got {out:?}");
+    })
+    .await;
+}
+
 /// A gate that answers as told and remembers whom it was asked about.
 struct Gate {
     admit: bool,
