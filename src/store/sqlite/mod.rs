@@ -1,5 +1,6 @@
 //! The embedded SQLite backend: one database file in WAL mode, written by one thread
-//! with group commit (`writer`), read through a small pool of connections.
+//! with group commit (`writer`), read on a few threads with a connection each
+//! (`readers`).
 //!
 //! Durability (`Durability`): with `full` (the default) a write is acknowledged only
 //! once it is on disk, so it survives a power cut as well as a crash of the process.
