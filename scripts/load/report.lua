@@ -2,7 +2,8 @@
 -- PERCENTILES=1 the latency distribution in more detail than wrk's --latency.
 return function(summary, latency)
   io.write(string.format("non-2xx responses: %d\n", summary.errors.status))
-  if os.getenv("PERCENTILES") then
+  -- On when set and not empty, as the shell scripts' switches are (`[ -n … ]`).
+  if (os.getenv("PERCENTILES") or "") ~= "" then
     local line = "latency (ms):"
     for _, p in ipairs({10, 25, 50, 75, 90, 95, 99, 99.9}) do
       line = line .. string.format(" p%s %.2f", p, latency:percentile(p) / 1000)
