@@ -32,10 +32,7 @@ command -v valgrind >/dev/null || { echo "valgrind is needed: apt-get install -y
 . scripts/load/serve.sh
 need_wrk_and "$BIN"
 
-WORK="$(mktemp -d)"
-PID=
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$WORK"; true; }
-trap cleanup EXIT
+one_server_work_dir
 
 RUNNER="valgrind --tool=callgrind --callgrind-out-file=$WORK/callgrind.out" \
   start_server "$BIN" "$WORK" "$PORT"

@@ -16,10 +16,7 @@ BIN="${RINGFENCE_BIN:-target/release/ringfence}"
 . scripts/load/serve.sh
 need_wrk_and "$BIN"
 
-WORK="$(mktemp -d)"
-PID=
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$WORK"; true; }
-trap cleanup EXIT
+one_server_work_dir
 
 memory() { # label
   awk -v label="$1" -v threads="$(ls "/proc/$PID/task" | wc -l)" '

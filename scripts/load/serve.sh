@@ -7,12 +7,21 @@
 #   wait_for_fresh_window SECONDS
 #   pairs_from_sink SINK PAIRS
 #   need_wrk_and [BIN]
+#   one_server_work_dir
 
 # Exits unless wrk is installed and, when given, BIN is an executable.
 need_wrk_and() { # [bin]
   command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
   [ -z "${1:-}" ] || [ -x "$1" ] ||
     { echo "no binary at $1: cargo build --release, or set RINGFENCE_BIN" >&2; exit 1; }
+}
+
+# Makes WORK, a temporary directory for one server's data and sink, and on exit stops
+# that server (PID, once start_server set it) and removes the directory.
+one_server_work_dir() {
+  WORK="$(mktemp -d)"
+  PID=
+  trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$WORK"; true' EXIT
 }
 
 # creates an API key (exported as RINGFENCE_KEY), starts `BIN serve` (under $RUNNER
