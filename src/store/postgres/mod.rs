@@ -79,22 +79,36 @@ impl std::fmt::Debug for PgStore {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        match &e {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
-            sqlx::Error::Database(db) => match db.code().as_deref() {
-                // query_canceled (statement timeout), admin shutdown, cannot connect now,
-                // serialization failure, deadlock: all worth a retry by the client.
-                Some(
-                    "57014" | "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "08000" | "08003"
-                    | "08006",
-                ) => StoreError::Unavailable(e.to_string()),
-                _ => StoreError::Internal(e.to_string()),
-            },
-            _ => StoreError::Internal(e.to_string()),
+        if retryable(&e) {
+            StoreError::Unavailable(e.to_string())
+        } else {
+            StoreError::Internal(e.to_string())
         }
+    }
+}
+
+/// Whether `e` is the connection's or the server's state rather than the request's:
+/// worth a retry by the client (503). By kind for the connection (it broke, timed out,
+/// or its messages stopped making sense, as when a restarting server cuts it
+/// mid-reply), and by SQLSTATE class for the server: 08 connection exception, 53
+/// insufficient resources, 57 operator intervention (a restart, a statement timeout);
+/// and serialization failures and deadlocks (40001, 40P01).
+fn retryable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            ["08", "53", "57"]
+                .iter()
+                .any(|class| code.starts_with(class))
+                || code == "40001"
+                || code == "40P01"
+        }),
+        _ => false,
     }
 }
 
@@ -1403,4 +1417,68 @@ async fn bind(
         replaced,
         superseded,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+
+    /// A server error with only a SQLSTATE, as PostgreSQL sends it.
+    #[derive(Debug)]
+    struct Sqlstate(&'static str);
+
+    impl std::fmt::Display for Sqlstate {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "SQLSTATE {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Sqlstate {}
+
+    impl sqlx::error::DatabaseError for Sqlstate {
+        fn message(&self) -> &str {
+            self.0
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.0))
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn server(code: &'static str) -> StoreError {
+        sqlx::Error::Database(Box::new(Sqlstate(code))).into()
+    }
+
+    #[test]
+    fn what_the_connection_or_the_server_caused_is_retryable_and_the_rest_is_not() {
+        for code in [
+            "57P01", "57P03", "57014", "08006", "08P01", "53300", "40001", "40P01",
+        ] {
+            assert!(matches!(server(code), StoreError::Unavailable(_)), "{code}");
+        }
+        for code in ["23505", "42P01", "25P02", "22P02"] {
+            assert!(matches!(server(code), StoreError::Internal(_)), "{code}");
+        }
+        let cut = sqlx::Error::Protocol("execute: unexpected message: ParseComplete".into());
+        assert!(matches!(StoreError::from(cut), StoreError::Unavailable(_)));
+        let eof = sqlx::Error::Io(std::io::ErrorKind::UnexpectedEof.into());
+        assert!(matches!(StoreError::from(eof), StoreError::Unavailable(_)));
+        assert!(matches!(
+            StoreError::from(sqlx::Error::RowNotFound),
+            StoreError::Internal(_)
+        ));
+    }
 }
