@@ -454,9 +454,10 @@ async fn sliding_estimate_weighs_the_previous_window(c: Arc<dyn Counters>) {
 /// exactly what the single calls do, in the order given; a key repeated in one batch
 /// counts twice.
 async fn several_windows_at_once_are_the_windows_one_by_one(c: Arc<dyn Counters>) {
+    // At the start of an hour: the test's minutes stay in one window of `b`'s hour.
     let clock = ManualClock::starting_now();
     clock.advance(Duration::from_millis(
-        (60_000 - clock.now().rem_euclid(60_000)) as u64,
+        (3_600_000 - clock.now().rem_euclid(3_600_000)) as u64,
     ));
     let p = prefix();
     let (a, b) = (format!("{p}:a"), format!("{p}:b"));
