@@ -31,6 +31,12 @@
 #                        the sqlite3 shell (an experiment on the schema, say)
 #   WRITER_STATE=1       samples the SQLite writer's state during the load
 #                        (scripts/load/writer-state.py)
+#   PERF=start|check     samples the server's stacks with `perf record` (linux-perf)
+#                        during that part of the load and prints the functions that
+#                        took the most samples, with their own share and with what
+#                        they called; PERF_OUT=dir keeps perf.data there;
+#                        PERF_ALL=1 samples the whole machine (PostgreSQL, Redis, wrk)
+#                        and prints the processes' shares first
 #   WAL_FRAMES=1         copies the WAL 6 s into the load and counts its frames per
 #                        commit by B-tree (scripts/load/wal-frames.py)
 set -euo pipefail
@@ -89,6 +95,13 @@ measure() { # what (a request's name, for the report), seconds, wrk args...
   local what=$1 secs=$2; shift 2
   local s0 o0 m0 w0 s1 o1 m1 w1 out n
   s0=$(server_ticks); o0=$(other_ticks); m0=$(head -1 /proc/stat); w0=$(written)
+  local perf_pid=
+  if [ "${PERF:-}" = "$what" ]; then
+    local scope=(-p "$PID")
+    [ -n "${PERF_ALL:-}" ] && scope=(-a)
+    perf record -q -F 499 ${PERF_CALLGRAPH:--g} "${scope[@]}" -o "$WORK/perf.data" -- sleep "$((secs - 1))" 2>/dev/null &
+    perf_pid=$!
+  fi
   out=$(wrk -t2 -c"$CONNS" -d"${secs}s" --latency "$@" "http://127.0.0.1:$PORT")
   s1=$(server_ticks); o1=$(other_ticks); m1=$(head -1 /proc/stat); w1=$(written)
   n=$(echo "$out" | awk '/requests in/ {print $1}')
@@ -116,6 +129,19 @@ w = int(sys.argv[12]) - int(sys.argv[11])
 if w: print(f"the SQLite writer wrote {w / n:,.0f} bytes per {what}")
 PY
   echo "requests: $n"
+  if [ -n "$perf_pid" ]; then
+    wait "$perf_pid" || true
+    echo "the server's functions by samples (own, then with what they called), ${what}s:"
+    if [ -n "${PERF_ALL:-}" ]; then
+      perf report -i "$WORK/perf.data" --no-children --sort comm --stdio -g none >"$WORK/perf.txt" 2>/dev/null || true
+      grep -E '^ +[0-9]' "$WORK/perf.txt" | cut -c1-160 | sed 's/ *$//' | head -10 || true
+    fi
+    for c in --no-children --children; do
+      perf report -i "$WORK/perf.data" $c --sort symbol --stdio -g none >"$WORK/perf.txt" 2>/dev/null || true
+      grep -E '^ +[0-9]' "$WORK/perf.txt" | cut -c1-160 | sed 's/ *$//' | head -40 || true
+    done
+    [ -n "${PERF_OUT:-}" ] && mkdir -p "$PERF_OUT" && cp "$WORK/perf.data" "$PERF_OUT/"
+  fi
 }
 
 HELPERS=()
