@@ -83,6 +83,7 @@ macro_rules! conformance {
 conformance!(
     gcra_admits_the_burst_refuses_then_recovers,
     gcra_refusal_does_not_consume,
+    gcra_peek_decides_as_a_spend_and_spends_nothing,
     gcra_keys_and_rates_are_independent,
     one_key_is_separate_state_in_each_kind_and_window,
     gcra_cost_spends_several_or_nothing,
@@ -159,6 +160,38 @@ async fn gcra_refusal_does_not_consume(c: Arc<dyn Counters>) {
     // The hammering did not move the reopening.
     clock.advance(Duration::from_secs(29));
     assert!(c.gcra(&key, rate, clock.now()).await.unwrap().allowed);
+}
+
+/// A peek answers what a spend would, at every point of a budget being used up and
+/// recovering, and leaves the key as it was.
+async fn gcra_peek_decides_as_a_spend_and_spends_nothing(c: Arc<dyn Counters>) {
+    let clock = ManualClock::starting_now();
+    let key = format!("{}:guess", prefix());
+    let rate = Rate::per_minute(3); // one every 20 s
+                                    // An unknown key: admitted, with the whole burst left, and still unknown after.
+    for _ in 0..5 {
+        let d = c.gcra_peek(&key, rate, clock.now()).await.unwrap();
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 2);
+    }
+    for spent in 1..=3u32 {
+        let peeked = c.gcra_peek(&key, rate, clock.now()).await.unwrap();
+        let d = c.gcra(&key, rate, clock.now()).await.unwrap();
+        assert_eq!(peeked, d, "before spend {spent}");
+        assert_eq!(d.remaining, 3 - spent);
+    }
+    // Spent: peeks refuse with the spend's retry, and move nothing.
+    clock.advance(Duration::from_secs(1));
+    for _ in 0..20 {
+        let d = c.gcra_peek(&key, rate, clock.now()).await.unwrap();
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after_ms, Some(19_000));
+    }
+    clock.advance(Duration::from_secs(19));
+    let peeked = c.gcra_peek(&key, rate, clock.now()).await.unwrap();
+    assert!(peeked.allowed);
+    assert_eq!(c.gcra(&key, rate, clock.now()).await.unwrap(), peeked);
+    assert!(!c.gcra_peek(&key, rate, clock.now()).await.unwrap().allowed);
 }
 
 /// Several limits at once: one request spent on each key when all admit it, nothing

@@ -79,6 +79,16 @@ async fn start_instance_with(dir: &Path, db_url: &str, name: &str, extra: &[&str
 }
 
 async fn code_from_sinks(dir: &Path, to: &str) -> String {
+    code_in_sinks(dir, |m| m["to"] == to).await
+}
+
+/// The code sent for verification `id`, from whichever instance's sink has it.
+async fn code_of_verification(dir: &Path, id: &str) -> String {
+    code_in_sinks(dir, |m| m["verification_id"] == id).await
+}
+
+/// The code of the latest message `wanted` of either instance's sink (waits for one).
+async fn code_in_sinks(dir: &Path, wanted: impl Fn(&Value) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         for name in ["a", "b"] {
@@ -86,18 +96,32 @@ async fn code_from_sinks(dir: &Path, to: &str) -> String {
                 std::fs::read_to_string(dir.join(format!("sms-{name}.jsonl"))).unwrap_or_default();
             for line in text.lines().rev() {
                 let m: Value = serde_json::from_str(line).unwrap();
-                if m["to"] == to {
+                if wanted(&m) {
                     let body = m["body"].as_str().unwrap();
                     return body.chars().filter(char::is_ascii_digit).collect();
                 }
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "no message to the number reached a sink"
-        );
+        assert!(Instant::now() < deadline, "no such message reached a sink");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Two instances sharing PostgreSQL and, for their counters, the Redis of
+/// `RINGFENCE_TEST_REDIS_URL`, with a key that may also administer services; `None`
+/// when either URL is unset.
+async fn setup_with_redis() -> Option<(tempfile::TempDir, TestDb, String, Instance, Instance)> {
+    let admin = postgres_url()?;
+    let redis = std::env::var("RINGFENCE_TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    let db = TestDb::create(&admin, "rf_multi").await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = create_key(dir.path(), &db.url, "ops", &["verify", "admin"]);
+    let shared = ["--counters-url", redis.as_str()];
+    let a = start_instance_with(dir.path(), &db.url, "a", &shared).await;
+    let b = start_instance_with(dir.path(), &db.url, "b", &shared).await;
+    Some((dir, db, key, a, b))
 }
 
 async fn setup() -> Option<(tempfile::TempDir, TestDb, String, Instance, Instance)> {
@@ -158,9 +182,8 @@ async fn a_thousand_correct_checks_over_two_instances_approve_exactly_once() {
     for t in tasks {
         match t.await.unwrap() {
             200 => approved += 1,
-            // Not pending any more, or refused before comparing by the number's guess
-            // budget (shared through Redis: racing checks each hold a reservation).
-            409 | 429 => refused += 1,
+            // Not pending any more: the first right code compared approved it.
+            409 => refused += 1,
             other => panic!("unexpected status {other}"),
         }
     }
@@ -352,19 +375,9 @@ async fn killing_an_instance_loses_no_acknowledged_start_and_its_messages_go_out
 /// request reaches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anti_abuse_limits_hold_across_instances_sharing_redis() {
-    let Some(admin) = postgres_url() else { return };
-    let Some(redis) = std::env::var("RINGFENCE_TEST_REDIS_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
+    let Some((dir, db, key, a, b)) = setup_with_redis().await else {
         return;
     };
-    let db = TestDb::create(&admin, "rf_multi").await;
-    let dir = tempfile::tempdir().unwrap();
-    let key = create_key(dir.path(), &db.url, "ops", &["verify", "admin"]);
-    let shared = ["--counters-url", redis.as_str()];
-    let a = start_instance_with(dir.path(), &db.url, "a", &shared).await;
-    let b = start_instance_with(dir.path(), &db.url, "b", &shared).await;
     let client = reqwest::Client::new();
     let all = json!({ "allow_by_default": { "disallowed_regions": [] } });
     let created = client
@@ -426,6 +439,132 @@ async fn anti_abuse_limits_hold_across_instances_sharing_redis() {
         statuses.push(post(base, &path, json!({ "code": wrong })).await.0);
     }
     assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    drop((a, b));
+    db.drop_now().await;
+}
+
+/// A number's guess budget against racing guesses spread over two instances sharing
+/// PostgreSQL and Redis. Each compared code is judged while its verification's row is
+/// locked: a wrong one spends a unit, a right one needs one left and spends none. So
+/// with one unit left, of many racing guesses with the right code among them exactly
+/// one is compared, whichever it is — racing buys an attacker nothing — and someone
+/// who always types the right code is never limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_guesses_over_two_instances_compare_one_code_per_unit_of_the_budget() {
+    let Some((dir, db, key, a, b)) = setup_with_redis().await else {
+        return;
+    };
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
+    let all = json!({ "allow_by_default": { "disallowed_regions": [] } });
+    let created = client
+        .post(format!("{}/v1/services", a.base))
+        .bearer_auth(&key)
+        .json(&json!({
+            "name": "race",
+            "resend_cooldown_seconds": 0,
+            "max_check_attempts": 20,
+            "max_sends": 20,
+            "abuse": {
+                "geo": { "sms": all, "voice": all, "whatsapp": all },
+                "limits": {
+                    "sends_per_number": null,
+                    "wrong_codes_per_number": { "limit": 3, "period_seconds": 86400 }
+                }
+            }
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let post = |base: String, path: String, body: Value| {
+        let req = client
+            .post(format!("{base}{path}"))
+            .bearer_auth(&key)
+            .json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let bases = [a.base.clone(), b.base.clone()];
+    let start = |to: &'static str, i: usize| {
+        let body = json!({ "to": to, "service": "race" });
+        let started = post(bases[i % 2].clone(), "/v1/verifications".into(), body);
+        async move {
+            let (s, v) = started.await;
+            assert_eq!(s, 201, "{v}");
+            v["id"].as_str().unwrap().to_owned()
+        }
+    };
+
+    // Right codes spend nothing: five verifications of one number, each approved at
+    // once, on a budget of three.
+    for i in 0..5 {
+        let id = start("+447911200001", i).await;
+        let code = code_of_verification(dir.path(), &id).await;
+        let path = format!("/v1/verifications/{id}/check");
+        let (s, v) = post(bases[(i + 1) % 2].clone(), path, json!({ "code": code })).await;
+        assert_eq!((s, v["status"].as_str()), (200, Some("approved")), "{v}");
+    }
+
+    // Another number: two wrong codes leave one unit, then 40 racing guesses, the
+    // right code among them, over both instances.
+    let id = start("+447911200002", 0).await;
+    let code = code_of_verification(dir.path(), &id).await;
+    let wrong = |k: usize| -> String {
+        let n: u64 = code.parse().unwrap();
+        let m = 10u64.pow(code.len() as u32);
+        format!("{:0w$}", (n + 1 + k as u64) % m, w = code.len())
+    };
+    let path = format!("/v1/verifications/{id}/check");
+    for k in 0..2 {
+        let (s, v) = post(
+            bases[k % 2].clone(),
+            path.clone(),
+            json!({ "code": wrong(k) }),
+        )
+        .await;
+        assert_eq!((s, v["status"].as_str()), (200, Some("pending")), "{v}");
+    }
+    let guesses = (0..40).map(|k| {
+        let guess = if k == 17 { code.clone() } else { wrong(2 + k) };
+        post(bases[k % 2].clone(), path.clone(), json!({ "code": guess }))
+    });
+    let answers = futures::future::join_all(guesses).await;
+    let compared: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(compared.len(), 1, "exactly one guess compared: {answers:?}");
+    for (s, v) in &answers {
+        // Refused by the budget, or (after the right code won) not pending any more.
+        assert!(
+            *s == 200 || (*s == 429 && v["error"]["code"] == "rate_limited") || *s == 409,
+            "{s} {v}"
+        );
+    }
+    let (s, v) = post(
+        bases[1].clone(),
+        path.clone(),
+        json!({ "code": code.clone() }),
+    )
+    .await;
+    if compared[0]["status"] == "approved" {
+        assert_eq!(s, 409, "{v}");
+    } else {
+        // A wrong guess took the last unit: the right code is refused as any guess.
+        assert_eq!(compared[0]["status"], "pending");
+        assert_eq!(
+            (s, &v["error"]["code"]),
+            (429, &json!("rate_limited")),
+            "{v}"
+        );
+    }
     drop((a, b));
     db.drop_now().await;
 }

@@ -341,6 +341,10 @@ impl Counters for Namespaced {
         self.inner.gcra_cost(&self.key(key), rate, cost, now).await
     }
 
+    async fn gcra_peek(&self, key: &str, rate: Rate, now: Millis) -> CountersResult<GcraDecision> {
+        self.inner.gcra_peek(&self.key(key), rate, now).await
+    }
+
     async fn gcra_refund(
         &self,
         key: &str,

@@ -441,13 +441,34 @@ impl Engine {
         subject: &BlindIndex,
         now: Millis,
     ) -> Result<Option<LimitState>, CountersError> {
+        self.judge_guess(policy, service_id, subject, false, now)
+            .await
+    }
+
+    /// Judges a code already compared, for a caller that lets no other check of this
+    /// number on this service be compared until it has the answer (a store holding the
+    /// verification's row): a wrong code spends one unit of `subject`'s budget if one
+    /// is left, a right one is admitted if one is left and spends nothing. Exactly what
+    /// [`Engine::reserve_guess`] then [`Engine::refund_guess`] for a right code would
+    /// leave, without the write and the refund. `None` when the service has no such
+    /// limit.
+    pub async fn judge_guess(
+        &self,
+        policy: &AbusePolicy,
+        service_id: &str,
+        subject: &BlindIndex,
+        right: bool,
+        now: Millis,
+    ) -> Result<Option<LimitState>, CountersError> {
         let Some(spec) = policy.limits.wrong_codes_per_number else {
             return Ok(None);
         };
-        let d = self
-            .counters
-            .gcra(&guess_key(service_id, subject), spec.rate(), now)
-            .await?;
+        let key = guess_key(service_id, subject);
+        let d = if right {
+            self.counters.gcra_peek(&key, spec.rate(), now).await?
+        } else {
+            self.counters.gcra(&key, spec.rate(), now).await?
+        };
         Ok(Some(LimitState {
             name: "wrong_codes_per_number",
             spec,

@@ -170,18 +170,20 @@ impl MemoryCounters {
         (lock(&self.shards[((slot >> 64) as usize) % SHARDS]), slot)
     }
 
+    /// One GCRA step on `key`; `spend: false` decides without writing.
     fn gcra_now(
         &self,
         key: &str,
         rate: Rate,
         cost: u32,
         now: Millis,
+        spend: bool,
     ) -> CountersResult<GcraDecision> {
         check_key(key)?;
         let (mut shard, k) = self.locate(Space::Gcra, key);
         let tat = shard.get_int(k, now);
         let (decision, new_tat) = gcra_step(tat, rate, now, cost);
-        if let Some(new_tat) = new_tat {
+        if let Some(new_tat) = new_tat.filter(|_| spend) {
             // Absent and "TAT has passed" mean the same, so expire at the TAT.
             let expires_at = new_tat.div_euclid(1000) + 1;
             let entry = Entry {
@@ -322,7 +324,11 @@ impl Counters for MemoryCounters {
         cost: u32,
         now: Millis,
     ) -> CountersResult<GcraDecision> {
-        self.gcra_now(key, rate, cost, now)
+        self.gcra_now(key, rate, cost, now, true)
+    }
+
+    async fn gcra_peek(&self, key: &str, rate: Rate, now: Millis) -> CountersResult<GcraDecision> {
+        self.gcra_now(key, rate, 1, now, false)
     }
 
     async fn gcra_refund(
@@ -344,7 +350,7 @@ impl Counters for MemoryCounters {
         // trait's default does.
         let spent = limits
             .iter()
-            .map(|(key, rate)| self.gcra_now(key, *rate, 1, now))
+            .map(|(key, rate)| self.gcra_now(key, *rate, 1, now, true))
             .collect::<CountersResult<Vec<_>>>()?;
         for (key, rate) in super::to_give_back(limits, &spent) {
             self.refund_now(key, *rate, 1, now)?;

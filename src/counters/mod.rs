@@ -336,6 +336,10 @@ pub trait Counters: Send + Sync + 'static {
         self.gcra_cost(key, rate, 1, now).await
     }
 
+    /// Whether one request of `rate` on `key` would be admitted now, spending nothing:
+    /// the decision [`Counters::gcra`] would give, with the key left as it was.
+    async fn gcra_peek(&self, key: &str, rate: Rate, now: Millis) -> CountersResult<GcraDecision>;
+
     /// Gives back `cost` requests spent earlier with the same rate (a check whose code
     /// turned out right, when only wrong ones should count): the TAT moves back by
     /// `cost` intervals, never before `now`, so a refund cannot build up credit.

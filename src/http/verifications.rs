@@ -572,11 +572,13 @@ async fn check_by_id(st: &AppState, id: &str, code: &str) -> Result<Response, Ap
     finish_check(st, &gate, outcome, now).await
 }
 
-/// The number's budget of wrong codes, as a check's gate: a unit is reserved before the
-/// code is compared and given back ([`GuessGate::settle`]) unless the code was wrong,
-/// so a guess that finds the budget spent is never compared, whatever the concurrency.
-/// Without the counters, checks go on with only each verification's own attempt limit
-/// (enforced by the database).
+/// The number's budget of wrong codes, as a check's gate (see [`CheckGate`] for the two
+/// ways a store asks it). Asked before the code is compared, it reserves a unit, which
+/// [`finish_check`] gives back unless the code was wrong, so a guess that finds the
+/// budget spent is never compared, whatever the concurrency. Asked after, by a store
+/// that compares one code of a number at a time, a wrong code spends a unit and a right
+/// one only needs one left: nothing to give back. Without the counters, checks go on
+/// with only each verification's own attempt limit (enforced by the database).
 struct GuessGate {
     abuse: Arc<crate::abuse::Engine>,
     services: Arc<crate::app::ServiceCache>,
@@ -588,7 +590,8 @@ struct GuessGate {
 
 #[derive(Default)]
 enum Gated {
-    /// No budget applies: not asked, none configured, or the counters unavailable.
+    /// Nothing to give back or report: not asked, none configured, the counters
+    /// unavailable, or asked after the code was compared and admitted.
     #[default]
     Open,
     /// A unit was reserved from this number's budget on this service.
@@ -597,7 +600,7 @@ enum Gated {
         service_id: String,
         limit: LimitState,
     },
-    /// The budget is spent: the code is not compared.
+    /// The budget is spent: the code does not count.
     Refused(LimitState),
 }
 
@@ -621,37 +624,38 @@ impl GuessGate {
     }
 }
 
-#[async_trait::async_trait]
-impl CheckGate for GuessGate {
-    async fn admit(&self, bi: &BlindIndex, service_id: &str) -> bool {
-        // Borrowed when the caller had it: no copy of the service per check.
-        let service = match &self.service {
-            Some(s) => std::borrow::Cow::Borrowed(s),
+impl GuessGate {
+    /// The service whose budget applies: borrowed when the caller had it (no copy of
+    /// the service per check). `None` lets the check go on unmetered: no such service,
+    /// or the store could not say.
+    async fn service(&self, service_id: &str) -> Option<std::borrow::Cow<'_, ServiceRecord>> {
+        match &self.service {
+            Some(s) => Some(std::borrow::Cow::Borrowed(s)),
             None => match self.services.get(service_id, self.now).await {
-                Ok(Some(s)) => std::borrow::Cow::Owned(s),
-                Ok(None) => return true,
+                Ok(s) => s.map(std::borrow::Cow::Owned),
                 Err(e) => {
                     tracing::warn!(error = %e, "service unavailable; checking with the per-verification limit only");
-                    return true;
+                    None
                 }
             },
-        };
-        let reserved = self
-            .abuse
-            .reserve_guess(&service.config.abuse, &service.id, bi, self.now)
-            .await;
-        match reserved {
+        }
+    }
+
+    /// Records the budget's answer; `true` lets the check count.
+    fn answer(
+        &self,
+        judged: Result<Option<LimitState>, crate::counters::CountersError>,
+        reserved: impl FnOnce(LimitState) -> Gated,
+        bi: &BlindIndex,
+    ) -> bool {
+        match judged {
             Ok(Some(limit)) if limit.retry_after_ms.is_some() => {
                 tracing::info!(subject = %bi.short(), "check refused: the number's guess budget is spent");
                 self.set(Gated::Refused(limit));
                 false
             }
             Ok(Some(limit)) => {
-                self.set(Gated::Reserved {
-                    bi: *bi,
-                    service_id: service.id.clone(),
-                    limit,
-                });
+                self.set(reserved(limit));
                 true
             }
             Ok(None) => true,
@@ -660,6 +664,40 @@ impl CheckGate for GuessGate {
                 true
             }
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl CheckGate for GuessGate {
+    async fn admit(&self, bi: &BlindIndex, service_id: &str) -> bool {
+        let Some(service) = self.service(service_id).await else {
+            return true;
+        };
+        let reserved = self
+            .abuse
+            .reserve_guess(&service.config.abuse, &service.id, bi, self.now)
+            .await;
+        self.answer(
+            reserved,
+            |limit| Gated::Reserved {
+                bi: *bi,
+                service_id: service.id.clone(),
+                limit,
+            },
+            bi,
+        )
+    }
+
+    async fn admit_compared(&self, bi: &BlindIndex, service_id: &str, right: bool) -> bool {
+        let Some(service) = self.service(service_id).await else {
+            return true;
+        };
+        let judged = self
+            .abuse
+            .judge_guess(&service.config.abuse, &service.id, bi, right, self.now)
+            .await;
+        // Final: a wrong code's unit stays spent, a right one spent none.
+        self.answer(judged, |_| Gated::Open, bi)
     }
 }
 

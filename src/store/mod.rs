@@ -282,20 +282,36 @@ pub enum CheckOutcome {
         v: Checked,
         why: VerifyError,
     },
-    /// The check's [`CheckGate`] refused it: its code was not compared, nothing changed.
+    /// The check's [`CheckGate`] refused it: nothing changed, and the answer says nothing
+    /// of the code.
     Gated,
     NotFound,
 }
 
-/// What a check asks before its code is compared: may a code of this number on this
-/// service be compared now? The anti-abuse engine's per-number guess budget is such a
-/// gate. It is asked once per check of an existing verification, inside the check, so
-/// that a store which can (PostgreSQL's batches) needs no separate look-up of the
-/// verification's number first.
+/// What a check asks of a code of this number on this service: may it count? The
+/// anti-abuse engine's per-number guess budget is such a gate. It is asked once per
+/// check that compares a code, inside the check, so that a store which can
+/// (PostgreSQL's batches) needs no separate look-up of the verification's number
+/// first. A store asks in one of two ways:
+///
+/// - [`CheckGate::admit`], before comparing, when checks of one number may be compared
+///   at the same time: the gate holds a unit of the budget for the check (its caller
+///   gives it back unless the code was wrong), so that a guess finding the budget
+///   spent is never compared, whatever the concurrency;
+/// - [`CheckGate::admit_compared`], after comparing, when the store compares one code
+///   of a number on a service at a time and holds the others off until the gate has
+///   answered (PostgreSQL: the verification's row stays locked, and a number has at
+///   most one pending verification per service). The answer is final; nothing is
+///   held or given back.
 #[async_trait]
 pub trait CheckGate: Send + Sync {
     /// `true` compares the code; `false` answers [`CheckOutcome::Gated`].
     async fn admit(&self, blind_index: &BlindIndex, service_id: &str) -> bool;
+
+    /// `right`: whether the code matched. `true` lets the comparison's outcome stand;
+    /// `false` answers [`CheckOutcome::Gated`] and the comparison changes nothing.
+    async fn admit_compared(&self, blind_index: &BlindIndex, service_id: &str, right: bool)
+        -> bool;
 }
 
 #[derive(Debug)]

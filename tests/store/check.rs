@@ -222,10 +222,11 @@ async fn a_string_that_is_no_verification_id_is_not_found_and_changes_nothing() 
     .await;
 }
 
-/// A gate that answers as told and remembers whom it was asked about.
+/// A gate that answers as told and remembers whom it was asked about: the number, the
+/// service, and `None` when asked before the code was compared, `Some(right)` after.
 struct Gate {
     admit: bool,
-    asked: std::sync::Mutex<Vec<(ringfence::crypto::BlindIndex, String)>>,
+    asked: std::sync::Mutex<Vec<(ringfence::crypto::BlindIndex, String, Option<bool>)>>,
 }
 
 #[async_trait::async_trait]
@@ -234,8 +235,36 @@ impl ringfence::store::CheckGate for Gate {
         self.asked
             .lock()
             .unwrap()
-            .push((*bi, service_id.to_owned()));
+            .push((*bi, service_id.to_owned(), None));
         self.admit
+    }
+
+    async fn admit_compared(
+        &self,
+        bi: &ringfence::crypto::BlindIndex,
+        service_id: &str,
+        right: bool,
+    ) -> bool {
+        self.asked
+            .lock()
+            .unwrap()
+            .push((*bi, service_id.to_owned(), Some(right)));
+        self.admit
+    }
+}
+
+impl Gate {
+    /// Asserts that every check was asked about `bi` on `service`, and that a store
+    /// asked either before comparing each time or after comparing each time, with
+    /// whether the code was right (`rights`, in order).
+    fn assert_asked(&self, bi: ringfence::crypto::BlindIndex, service: &str, rights: &[bool]) {
+        let asked = self.asked.lock().unwrap();
+        assert_eq!(asked.len(), rights.len(), "{asked:?}");
+        assert!(asked.iter().all(|(b, s, _)| *b == bi && s == service));
+        let when: Vec<Option<bool>> = asked.iter().map(|a| a.2).collect();
+        let before = vec![None; rights.len()];
+        let after: Vec<Option<bool>> = rights.iter().map(|r| Some(*r)).collect();
+        assert!(when == before || when == after, "asked {when:?}");
     }
 }
 
@@ -246,10 +275,11 @@ fn gate(admit: bool) -> std::sync::Arc<Gate> {
     })
 }
 
-/// A gated check asks its gate with the verification's number and service before the
-/// code is compared; a refusal compares nothing and changes nothing.
+/// A gated check asks its gate with the verification's number and service, before
+/// the code is compared or, where the store compares one code of a number at a time,
+/// after, saying whether it was right; a refusal changes nothing.
 #[tokio::test]
-async fn a_gate_is_asked_with_the_number_and_service_before_the_code_is_compared() {
+async fn a_gate_is_asked_with_the_number_and_service_and_a_refusal_changes_nothing() {
     each_backend(|b| async move {
         let svc = b.service("signup", |_| {}).await;
         let v = b.start(&svc, PHONE).started().await;
@@ -264,10 +294,7 @@ async fn a_gate_is_asked_with_the_number_and_service_before_the_code_is_compared
                 .unwrap();
             assert!(matches!(out, CheckOutcome::Gated), "{out:?}");
         }
-        assert_eq!(
-            *refuse.asked.lock().unwrap(),
-            vec![(b.blind(PHONE), svc.id.clone()); 2]
-        );
+        refuse.assert_asked(b.blind(PHONE), &svc.id, &[true, false]);
         let row = b.details(&v.id).await.row;
         assert_eq!((row.status, row.attempts), (Status::Pending, 0));
         assert!(b.inspect.has_code_hash(&v.id).await);
@@ -294,7 +321,7 @@ async fn a_gate_is_asked_with_the_number_and_service_before_the_code_is_compared
             .await
             .unwrap();
         assert!(matches!(out, CheckOutcome::Approved(_)), "{out:?}");
-        assert_eq!(admit.asked.lock().unwrap().len(), 2);
+        admit.assert_asked(b.blind(PHONE), &svc.id, &[false, true]);
 
         // An unknown verification is not found; nobody is asked about it.
         let unknown = gate(true);
@@ -310,6 +337,42 @@ async fn a_gate_is_asked_with_the_number_and_service_before_the_code_is_compared
             .unwrap();
         assert!(matches!(out, CheckOutcome::NotFound), "{out:?}");
         assert!(unknown.asked.lock().unwrap().is_empty());
+    })
+    .await;
+}
+
+/// Racing checks of one verification (on PostgreSQL one batch, its checks decided one
+/// after another): exactly one approves, and a store that asks after comparing asks
+/// once per code compared — the wrong codes it told the gate of are the verification's
+/// attempts, and nothing after the approval is compared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_checks_of_one_verification_ask_the_gate_once_per_code_compared() {
+    each_backend(|b| async move {
+        let svc = b.service("signup", |_| {}).await;
+        let v = b.start(&svc, PHONE).started().await;
+        let now = T0 + SECOND;
+        let admit = gate(true);
+        let checks = [WRONG, WRONG, CODE, WRONG, WRONG].map(|code| {
+            let (store, gate, id) = (b.store.clone(), admit.clone(), v.id.clone());
+            async move { store.check_gated(&id, otp(code), now, gate).await.unwrap() }
+        });
+        let outs = futures::future::join_all(checks).await;
+        let approved = outs
+            .iter()
+            .filter(|o| matches!(o, CheckOutcome::Approved(_)))
+            .count();
+        assert_eq!(approved, 1, "{outs:?}");
+        let row = b.details(&v.id).await.row;
+        assert_eq!(row.status, Status::Approved);
+        let when: Vec<Option<bool>> = admit.asked.lock().unwrap().iter().map(|a| a.2).collect();
+        if when.iter().all(Option::is_none) {
+            assert_eq!(when.len(), 5, "asked before each comparison");
+        } else {
+            let wrong = when.iter().filter(|w| **w == Some(false)).count();
+            assert_eq!(wrong as u32, row.attempts, "asked {when:?}");
+            assert_eq!(when.last(), Some(&Some(true)), "asked {when:?}");
+            assert_eq!(when.len(), wrong + 1);
+        }
     })
     .await;
 }

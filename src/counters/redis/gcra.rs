@@ -19,19 +19,21 @@ use super::batch::{Batch, Failure};
 /// The GCRA rule of [`gcra_step`](super::super::gcra_step) applied to a batch of
 /// operations, in order, as one atomic step. A spend reads each of its keys' TATs
 /// (`tat = max(stored, now)`, `new_tat = tat + step`, admitted iff `new_tat - burst <=
-/// now` for every key) and writes them only if every key admits; a refund moves its
+/// now` for every key) and writes them only if every key admits (a dry spend decides
+/// the same way and writes nothing); a refund moves its
 /// key's TAT back by `step`, forgetting it once that reaches `now`. Rust computes the
 /// steps (interval times cost) and bursts; the script only adds and compares integers
 /// (exact in Lua's doubles below 2^53, i.e. TATs in µs until the year 2255). Returns
-/// one flat list: per spend, `admitted` (1 or 0) and then the TAT it found per key (nil
-/// if none); per refund, 1. (Flat, and with `tonumber` a local: a batch of eight starts
+/// one flat list: per spend (dry or not), `admitted` (1 or 0) and then the TAT it found
+/// per key (nil if none); per refund, 1. (Flat, and with `tonumber` a local: a batch of eight starts
 /// cost Redis 161–169 µs instead of 228–230 with a table per operation.) Keys are read
 /// with `MGET` in slices, as Lua's `unpack` has a bounded stack.
 const GCRA_LUA: &str = r#"
 -- KEYS: the batch's distinct keys, each holding a TAT (µs)
 -- ARGV: the operations in order, each `kind now n` and then n triples `key step burst`
 --   (key: an index into KEYS; µs): kind 1 spends `step` on each key if each admits;
---   kind 0 gives `step` back on its one key (burst unused).
+--   kind 2 only says whether it would; kind 0 gives `step` back on its one key (burst
+--   unused).
 local tonumber = tonumber
 local tats = {}
 for i = 1, #KEYS, 1000 do
@@ -47,7 +49,7 @@ while a <= nargs do
   local kind, now, n = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   local first = a + 3
   a = first + 3 * n
-  if kind == '1' then
+  if kind ~= '0' then
     local admitted, at = 1, o + 1
     o = at
     for j = first, a - 1, 3 do
@@ -58,7 +60,7 @@ while a <= nargs do
       if tat + tonumber(ARGV[j + 1]) - tonumber(ARGV[j + 2]) > now then admitted = 0 end
     end
     out[at] = admitted
-    if admitted == 1 then
+    if admitted == 1 and kind == '1' then
       for j = first, a - 1, 3 do
         local k = tonumber(ARGV[j])
         local tat = tats[k]
@@ -100,8 +102,13 @@ pub(super) struct Limit {
 }
 
 pub(super) enum Op {
-    /// Spends on every limit if each admits, otherwise on none.
-    Spend { now_us: i64, limits: Vec<Limit> },
+    /// Spends on every limit if each admits, otherwise on none; `dry`, spends on none
+    /// and only says whether it would have.
+    Spend {
+        now_us: i64,
+        limits: Vec<Limit>,
+        dry: bool,
+    },
     /// Moves `key`'s TAT back by `step`, never before `now_us`; nothing if it holds
     /// none.
     Refund { now_us: i64, key: String, step: i64 },
@@ -186,8 +193,12 @@ fn encode<'a>(ops: &'a [Op]) -> (Vec<&'a str>, Vec<i64>) {
     let mut args = Vec::new();
     for op in ops {
         match op {
-            Op::Spend { now_us, limits } => {
-                args.extend([1, *now_us, limits.len() as i64]);
+            Op::Spend {
+                now_us,
+                limits,
+                dry,
+            } => {
+                args.extend([if *dry { 2 } else { 1 }, *now_us, limits.len() as i64]);
                 for limit in limits {
                     args.extend([number(&limit.key), limit.step, limit.burst]);
                 }
@@ -218,6 +229,7 @@ mod tests {
             Op::Spend {
                 now_us: 7,
                 limits: vec![limit("a", 10, 100), limit("svc", 1, 50)],
+                dry: false,
             },
             Op::Refund {
                 now_us: 8,
@@ -227,6 +239,7 @@ mod tests {
             Op::Spend {
                 now_us: 9,
                 limits: vec![limit("b", 20, 200), limit("svc", 1, 50)],
+                dry: true,
             },
         ];
         let (keys, args) = encode(&ops);
@@ -235,7 +248,7 @@ mod tests {
         assert_eq!(args, [
             1, 7, 2,   1, 10, 100,   2, 1, 50,
             0, 8, 1,   1, 10, 0,
-            1, 9, 2,   3, 20, 200,   2, 1, 50,
+            2, 9, 2,   3, 20, 200,   2, 1, 50,
         ]);
         assert_eq!(ops.iter().map(Gcra::weight).sum::<usize>(), 5);
     }
@@ -243,6 +256,13 @@ mod tests {
     /// A random batch of spends and refunds over a few keys, run as one script on the
     /// Redis of `RINGFENCE_TEST_REDIS_URL`, finds at each operation exactly what the
     /// in-memory backend finds running the same operations one by one.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Kind {
+        Refund,
+        Spend,
+        Dry,
+    }
+
     #[tokio::test]
     async fn a_batch_decides_as_its_operations_one_after_another() {
         use rand::{Rng, SeedableRng};
@@ -279,7 +299,7 @@ mod tests {
                     key: format!("rf:g:{}", names[key]),
                     step: rate.interval_us() * i64::from(cost),
                 });
-                plain.push((now, vec![(key, rate)], cost, false));
+                plain.push((now, vec![(key, rate)], cost, Kind::Refund));
             } else {
                 let mut picked: Vec<usize> = (0..names.len()).collect();
                 picked.retain(|_| rng.gen_bool(0.5));
@@ -287,6 +307,8 @@ mod tests {
                     picked.push(0);
                 }
                 let cost = if picked.len() == 1 { cost } else { 1 };
+                // A dry spend: one key, one request, as a check's peek.
+                let dry = picked.len() == 1 && cost == 1 && rng.gen_bool(0.4);
                 let limits: Vec<(usize, Rate)> =
                     picked.iter().map(|&k| (k, rates[k % 3])).collect();
                 ops.push(Op::Spend {
@@ -299,24 +321,29 @@ mod tests {
                             burst: rate.burst_us(),
                         })
                         .collect(),
+                    dry,
                 });
-                plain.push((now, limits, cost, true));
+                plain.push((now, limits, cost, if dry { Kind::Dry } else { Kind::Spend }));
             }
         }
         let found = Gcra::new().run(&mut conn, &ops).await;
         let found = found.unwrap_or_else(|_| panic!("the batch failed (seed {seed})"));
-        for (i, ((now, limits, cost, spend), found)) in plain.iter().zip(&found).enumerate() {
+        for (i, ((now, limits, cost, kind), found)) in plain.iter().zip(&found).enumerate() {
             let keyed: Vec<(&str, Rate)> = limits
                 .iter()
                 .map(|&(k, r)| (names[k].as_str(), r))
                 .collect();
-            if !spend {
-                let (key, rate) = keyed[0];
-                memory.gcra_refund(key, rate, *cost, *now).await.unwrap();
-                continue;
-            }
-            let expected = match keyed.as_slice() {
-                [(key, rate)] => vec![memory.gcra_cost(key, *rate, *cost, *now).await.unwrap()],
+            let expected = match (kind, keyed.as_slice()) {
+                (Kind::Refund, [(key, rate)]) => {
+                    memory.gcra_refund(key, *rate, *cost, *now).await.unwrap();
+                    continue;
+                }
+                (Kind::Dry, [(key, rate)]) => {
+                    vec![memory.gcra_peek(key, *rate, *now).await.unwrap()]
+                }
+                (_, [(key, rate)]) => {
+                    vec![memory.gcra_cost(key, *rate, *cost, *now).await.unwrap()]
+                }
                 _ => memory.gcra_all(&keyed, *now).await.unwrap(),
             };
             let seen: Vec<_> = found
@@ -338,6 +365,7 @@ mod tests {
                     step: rate.interval_us(),
                     burst: rate.burst_us(),
                 }],
+                dry: false,
             };
             let left = Gcra::new().run(&mut conn, &[op]).await;
             let left = left.unwrap_or_else(|_| panic!("the last batch failed (seed {seed})"));
@@ -349,10 +377,14 @@ mod tests {
             .iter()
             .filter(|f| f.admitted && !f.tats.is_empty())
             .count();
-        let spends = plain.iter().filter(|p| p.3).count();
+        let spends = plain.iter().filter(|p| p.3 != Kind::Refund).count();
         assert!(
             0 < admitted && admitted < spends,
             "both kinds of decision were tested"
+        );
+        assert!(
+            plain.iter().any(|p| p.3 == Kind::Dry),
+            "dry spends were tested (seed {seed})"
         );
     }
 }

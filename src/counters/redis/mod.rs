@@ -148,12 +148,14 @@ impl RedisCounters {
         })
     }
 
-    /// Spends `cost` on each of `limits`, all or nothing, in the next GCRA batch.
+    /// Spends `cost` on each of `limits`, all or nothing, in the next GCRA batch;
+    /// `dry`, spends nothing and decides as if it did.
     async fn gcra_spend(
         &self,
         limits: &[(&str, Rate)],
         cost: u32,
         now: Millis,
+        dry: bool,
     ) -> CountersResult<Vec<GcraDecision>> {
         let limits_us = limits
             .iter()
@@ -169,6 +171,7 @@ impl RedisCounters {
         let op = Op::Spend {
             now_us: now.saturating_mul(1000),
             limits: limits_us,
+            dry,
         };
         let Found { admitted, tats } = self.batched("gcra", &self.gcra, op).await?;
         let decisions: Vec<GcraDecision> = limits
@@ -254,7 +257,10 @@ impl Counters for RedisCounters {
         cost: u32,
         now: Millis,
     ) -> CountersResult<GcraDecision> {
-        Ok(self.gcra_spend(&[(key, rate)], cost, now).await?.remove(0))
+        Ok(self
+            .gcra_spend(&[(key, rate)], cost, now, false)
+            .await?
+            .remove(0))
     }
 
     async fn gcra_all(
@@ -265,7 +271,14 @@ impl Counters for RedisCounters {
         if limits.is_empty() {
             return Ok(Vec::new());
         }
-        self.gcra_spend(limits, 1, now).await
+        self.gcra_spend(limits, 1, now, false).await
+    }
+
+    async fn gcra_peek(&self, key: &str, rate: Rate, now: Millis) -> CountersResult<GcraDecision> {
+        Ok(self
+            .gcra_spend(&[(key, rate)], 1, now, true)
+            .await?
+            .remove(0))
     }
 
     async fn gcra_refund(

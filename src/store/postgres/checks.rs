@@ -5,10 +5,14 @@
 //! with its subject. Each check is then decided in order by the pure
 //! `verify::plan_check` against the state the checks before it left: of several checks
 //! of one verification in a batch, the second sees the first's approval or wrong
-//! attempt exactly as it would after the first's commit. A check with a gate (the
-//! number's guess budget) asks it first, with the number and service the locking read
-//! returned: every gate of the batch at once, while the rows are locked, so a check
-//! costs one batch and no look-up of its own. One more statement writes all
+//! attempt exactly as it would after the first's commit. A check whose code counts
+//! (right, or a wrong attempt) asks its gate (the number's guess budget) once the code
+//! is compared, with the number and service the locking read returned, through
+//! [`CheckGate::admit_compared`]: the row stays locked until the batch ends, and a
+//! number has one pending verification per service, so no other check of that number
+//! is compared until the gate has answered — a right code needs no reservation to give
+//! back. The gates of the batch are asked at once, so a check costs one batch and no
+//! look-up of its own. One more statement writes all
 //! the changes (verifications, lockouts, the messages of verifications that ended); a
 //! last one, only when needed, reads the lockouts that refusals report.
 
@@ -101,99 +105,78 @@ pub(super) async fn run(
         );
     }
 
-    let admitted = futures_util::future::join_all(reqs.iter().map(|req| {
-        let asked = req
-            .gate
-            .as_ref()
-            .zip(current.get(&req.id))
-            .map(|(gate, cur)| (gate, &cur.subject.blind_index, &cur.row.service_id));
-        async move {
-            match asked {
-                Some((gate, bi, service_id)) => gate.admit(bi, service_id).await,
+    // Checks of one verification are decided one after another, each on what the one
+    // before it left; a round decides the next check of every verification at once and
+    // asks the gates of its checks together. Almost always one round.
+    let mut round_of = Vec::with_capacity(reqs.len());
+    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(reqs.len());
+    for req in &reqs {
+        let n = seen.entry(req.id.as_str()).or_default();
+        round_of.push(*n);
+        *n += 1;
+    }
+    let rounds = seen.values().copied().max().unwrap_or(0);
+    let mut outs: Vec<Option<StoreResult<CheckOutcome>>> = (0..reqs.len()).map(|_| None).collect();
+    for round in 0..rounds {
+        let (mut planned, mut asks) = (Vec::new(), Vec::new());
+        for (i, req) in reqs.iter().enumerate() {
+            if round_of[i] != round {
+                continue;
+            }
+            let Some(cur) = current.get(&req.id) else {
+                outs[i] = Some(Ok(CheckOutcome::NotFound));
+                continue;
+            };
+            let right = cur
+                .code_hash
+                .as_deref()
+                .is_some_and(|h| codes.matches(&req.id, req.code.expose(), h));
+            let state = CheckState {
+                status: cur.row.status,
+                expires_at: cur.row.expires_at,
+                attempts: cur.row.attempts,
+                max_attempts: cur.row.max_attempts,
+                lockout_seconds: u32::try_from(cur.lockout_ms / 1000).unwrap_or(u32::MAX),
+            };
+            let plan = verify::plan_check(&state, right, req.now);
+            // A plan that counts the code asks the gate: the row is locked, so no other
+            // check of this number on this service is compared until the answer is in.
+            let ask = match (&req.gate, &plan) {
+                (
+                    Some(gate),
+                    Ok(CheckPlan::Approve | CheckPlan::Wrong { .. } | CheckPlan::Exhausted { .. }),
+                ) => Some((gate, &cur.subject.blind_index, &cur.row.service_id, right)),
+                _ => None,
+            };
+            planned.push((i, plan));
+            asks.push(ask);
+        }
+        let admitted = futures_util::future::join_all(asks.iter().map(|ask| async move {
+            match ask {
+                Some((gate, bi, service_id, right)) => {
+                    gate.admit_compared(bi, service_id, *right).await
+                }
                 None => true,
             }
+        }))
+        .await;
+        drop(asks);
+        for ((i, plan), admitted) in planned.into_iter().zip(admitted) {
+            let req = &reqs[i];
+            let Some(cur) = current.get_mut(&req.id) else {
+                continue;
+            };
+            outs[i] = Some(Ok(if admitted {
+                apply(cur, plan, req.now, i, &mut raised, &mut locked_out)
+            } else {
+                CheckOutcome::Gated
+            }));
         }
-    }))
-    .await;
-
-    let mut outs = Vec::with_capacity(reqs.len());
-    for (req, admitted) in reqs.iter().zip(admitted) {
-        let Some(cur) = current.get_mut(&req.id) else {
-            outs.push(Ok(CheckOutcome::NotFound));
-            continue;
-        };
-        if !admitted {
-            outs.push(Ok(CheckOutcome::Gated));
-            continue;
-        }
-        let now = req.now;
-        let matches = cur
-            .code_hash
-            .as_deref()
-            .is_some_and(|h| codes.matches(&req.id, req.code.expose(), h));
-        let state = CheckState {
-            status: cur.row.status,
-            expires_at: cur.row.expires_at,
-            attempts: cur.row.attempts,
-            max_attempts: cur.row.max_attempts,
-            lockout_seconds: u32::try_from(cur.lockout_ms / 1000).unwrap_or(u32::MAX),
-        };
-        let lockout_key = (cur.row.subject_id, cur.row.service_id.clone());
-        let out = match verify::plan_check(&state, matches, now) {
-            Err(VerifyError::MaxAttemptsReached { .. }) => {
-                locked_out.push((outs.len(), lockout_key, cur.checked(), now));
-                CheckOutcome::NotFound
-            }
-            Err(why) => CheckOutcome::Refused {
-                v: cur.checked(),
-                why,
-            },
-            Ok(CheckPlan::Approve) => {
-                cur.row = cur.row.clone().approved(now);
-                cur.code_hash = None;
-                cur.changed = true;
-                cur.end_messages = Some(("canceled", now));
-                CheckOutcome::Approved(cur.checked())
-            }
-            Ok(plan @ (CheckPlan::Wrong { .. } | CheckPlan::Exhausted { .. })) => {
-                cur.row.attempts += 1;
-                cur.row.updated_at = now;
-                if cur.row.attempts >= cur.row.max_attempts {
-                    cur.row.status = Status::MaxAttemptsReached;
-                    cur.code_hash = None;
-                }
-                cur.changed = true;
-                if let CheckPlan::Exhausted { locked_until } = plan {
-                    let u = raised.entry(lockout_key).or_insert(locked_until);
-                    *u = (*u).max(locked_until);
-                    cur.end_messages = Some(("canceled", now));
-                    CheckOutcome::Refused {
-                        v: cur.checked(),
-                        why: VerifyError::MaxAttemptsReached {
-                            retry_after_ms: locked_until - now,
-                        },
-                    }
-                } else {
-                    CheckOutcome::Wrong {
-                        v: cur.checked(),
-                        attempts_left: cur.row.max_attempts.saturating_sub(cur.row.attempts),
-                    }
-                }
-            }
-            Ok(CheckPlan::Expire) => {
-                cur.row.status = Status::Expired;
-                cur.row.updated_at = now;
-                cur.code_hash = None;
-                cur.changed = true;
-                cur.end_messages = Some(("expired", now));
-                CheckOutcome::Refused {
-                    v: cur.checked(),
-                    why: VerifyError::Expired,
-                }
-            }
-        };
-        outs.push(Ok(out));
     }
+    let mut outs: Vec<StoreResult<CheckOutcome>> = outs
+        .into_iter()
+        .map(|o| o.unwrap_or(Ok(CheckOutcome::NotFound)))
+        .collect();
 
     let changed: Vec<&Current> = current.values().filter(|c| c.changed).collect();
     if !changed.is_empty() {
@@ -295,4 +278,71 @@ pub(super) async fn run(
     }
     tx.commit().await?;
     Ok(outs)
+}
+
+/// Applies one check's plan to its verification as the batch has left it, and returns
+/// the check's outcome (a placeholder for a refusal of used-up attempts, whose lockout
+/// is read once the batch's own are written: see `locked_out`).
+fn apply(
+    cur: &mut Current,
+    plan: Result<CheckPlan, VerifyError>,
+    now: Millis,
+    i: usize,
+    raised: &mut HashMap<(i64, String), Millis>,
+    locked_out: &mut Vec<(usize, (i64, String), Checked, Millis)>,
+) -> CheckOutcome {
+    let lockout_key = (cur.row.subject_id, cur.row.service_id.clone());
+    match plan {
+        Err(VerifyError::MaxAttemptsReached { .. }) => {
+            locked_out.push((i, lockout_key, cur.checked(), now));
+            CheckOutcome::NotFound
+        }
+        Err(why) => CheckOutcome::Refused {
+            v: cur.checked(),
+            why,
+        },
+        Ok(CheckPlan::Approve) => {
+            cur.row = cur.row.clone().approved(now);
+            cur.code_hash = None;
+            cur.changed = true;
+            cur.end_messages = Some(("canceled", now));
+            CheckOutcome::Approved(cur.checked())
+        }
+        Ok(plan @ (CheckPlan::Wrong { .. } | CheckPlan::Exhausted { .. })) => {
+            cur.row.attempts += 1;
+            cur.row.updated_at = now;
+            if cur.row.attempts >= cur.row.max_attempts {
+                cur.row.status = Status::MaxAttemptsReached;
+                cur.code_hash = None;
+            }
+            cur.changed = true;
+            if let CheckPlan::Exhausted { locked_until } = plan {
+                let u = raised.entry(lockout_key).or_insert(locked_until);
+                *u = (*u).max(locked_until);
+                cur.end_messages = Some(("canceled", now));
+                CheckOutcome::Refused {
+                    v: cur.checked(),
+                    why: VerifyError::MaxAttemptsReached {
+                        retry_after_ms: locked_until - now,
+                    },
+                }
+            } else {
+                CheckOutcome::Wrong {
+                    v: cur.checked(),
+                    attempts_left: cur.row.max_attempts.saturating_sub(cur.row.attempts),
+                }
+            }
+        }
+        Ok(CheckPlan::Expire) => {
+            cur.row.status = Status::Expired;
+            cur.row.updated_at = now;
+            cur.code_hash = None;
+            cur.changed = true;
+            cur.end_messages = Some(("expired", now));
+            CheckOutcome::Refused {
+                v: cur.checked(),
+                why: VerifyError::Expired,
+            }
+        }
+    }
 }
