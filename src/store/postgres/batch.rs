@@ -4,10 +4,13 @@
 //! A transaction per request costs PostgreSQL a commit (a WAL flush) and the service a
 //! handful of round trips per request; under load both dominate. A `Batcher` owns a
 //! queue of one kind of request. Its task takes whatever is queued (up to `max_batch`)
-//! and hands it to a batch transaction on a pooled connection; up to `in_flight` such
-//! transactions run at once, and while they all do, new requests wait in the queue and
-//! form the next, larger batch. At low load a request is a batch of one, so latency
-//! stays that of a lone transaction; under load batches grow by themselves.
+//! and hands it to a batch transaction on a pooled connection. A batch starts when no
+//! other of its kind is running: meanwhile new requests wait in the queue and form the
+//! next, larger batch. At low load a request is a batch of one, so latency stays that
+//! of a lone transaction; under load batches grow by themselves. Only a batch that has
+//! waited `patience` for the one before it (stuck behind another instance's row lock,
+//! say) starts beside it, up to `in_flight` at once, so one slow transaction holds its
+//! kind up for at most that long.
 //!
 //! A request is answered only after its batch committed. When the batch transaction as
 //! a whole fails (connection lost, server restarting), every request of the batch gets
@@ -15,8 +18,9 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 use crate::store::{StoreError, StoreResult};
 
@@ -31,11 +35,13 @@ pub(super) struct Batcher<Req, Out> {
     queue: mpsc::Sender<Job<Req, Out>>,
 }
 
-/// How big batches may grow and how many run at once.
+/// How big batches may grow, how many run at once, and how long a batch waits for the
+/// one before it to end before it starts beside it.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Limits {
     pub max_batch: usize,
     pub in_flight: usize,
+    pub patience: Duration,
 }
 
 impl<Req: Send + 'static, Out: Send + 'static> Batcher<Req, Out> {
@@ -77,12 +83,29 @@ async fn dispatch<Req, Out, F, Fut>(
     F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = StoreResult<Vec<StoreResult<Out>>>> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(limits.in_flight.max(1)));
+    let in_flight = limits.in_flight.max(1);
+    let slots = Arc::new(Semaphore::new(in_flight));
+    // Notified whenever a batch ends.
+    let ended = Arc::new(Notify::new());
     while let Some(first) = rx.recv().await {
-        // Wait for a free slot first: requests that arrive meanwhile join this batch.
+        // Wait for a free slot, then for the batches running to end, or for `patience`:
+        // requests that arrive meanwhile join this batch.
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
+        let deadline = tokio::time::Instant::now() + limits.patience;
+        loop {
+            let notified = ended.notified();
+            tokio::pin!(notified);
+            // Registered before the count is read: an end between the two still wakes.
+            notified.as_mut().enable();
+            if slots.available_permits() + 1 == in_flight {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
         let mut jobs = vec![first];
         while jobs.len() < limits.max_batch {
             match rx.try_recv() {
@@ -90,8 +113,11 @@ async fn dispatch<Req, Out, F, Fut>(
                 Err(_) => break,
             }
         }
-        let run = run.clone();
+        let (run, ended) = (run.clone(), ended.clone());
         tokio::spawn(async move {
+            // Dropped when the batch ends, however it ends: the slot first, then the
+            // dispatcher told.
+            let _ended = Ended(ended);
             let _slot = slot;
             let (reqs, replies): (Vec<Req>, Vec<_>) =
                 jobs.into_iter().map(|j| (j.req, j.reply)).unzip();
@@ -121,6 +147,15 @@ async fn dispatch<Req, Out, F, Fut>(
     }
 }
 
+/// Tells the dispatcher that a batch ended when dropped.
+struct Ended(Arc<Notify>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.notify_waiters();
+    }
+}
+
 /// The batch's error, once per request (`StoreError` is not `Clone`: it may carry a
 /// source one day; here it carries only text).
 pub(super) fn same_error(e: &StoreError) -> StoreError {
@@ -128,5 +163,119 @@ pub(super) fn same_error(e: &StoreError) -> StoreError {
         StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
         StoreError::Conflict(c) => StoreError::Conflict(c),
         StoreError::Internal(m) => StoreError::Internal(m.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    use super::*;
+
+    /// The sizes of the batches started so far, in order.
+    type Sizes = Arc<Mutex<Vec<usize>>>;
+
+    /// A batcher whose batches record their sizes as they start and then wait until
+    /// `open` is notified, batch 1 included.
+    fn held(patience: Duration) -> (Batcher<u32, ()>, Sizes, Arc<Notify>) {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let open = Arc::new(Notify::new());
+        let limits = Limits {
+            max_batch: 256,
+            in_flight: 2,
+            patience,
+        };
+        let batcher = Batcher::spawn(limits, {
+            let (sizes, open) = (sizes.clone(), open.clone());
+            move |reqs: Vec<u32>| {
+                let (sizes, open) = (sizes.clone(), open.clone());
+                async move {
+                    let waiting = open.notified();
+                    tokio::pin!(waiting);
+                    // Listening before it says it runs: no notification is missed.
+                    waiting.as_mut().enable();
+                    sizes.lock().unwrap().push(reqs.len());
+                    waiting.await;
+                    Ok(reqs.iter().map(|_| Ok(())).collect())
+                }
+            }
+        });
+        (batcher, sizes, open)
+    }
+
+    async fn until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_waits_for_the_one_before_and_takes_what_queued_meanwhile() {
+        let (batcher, sizes, open) = held(Duration::from_secs(60));
+        let batcher = Arc::new(batcher);
+        let first = tokio::spawn({
+            let b = batcher.clone();
+            async move { b.submit(0).await }
+        });
+        until("the first batch runs", || sizes.lock().unwrap().len() == 1).await;
+        let rest: Vec<_> = (1..=5)
+            .map(|i| {
+                let b = batcher.clone();
+                tokio::spawn(async move { b.submit(i).await })
+            })
+            .collect();
+        // A free slot, but the batch before still running: nothing starts.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(*sizes.lock().unwrap(), [1]);
+        open.notify_waiters();
+        first.await.unwrap().unwrap();
+        until("the second batch runs", || sizes.lock().unwrap().len() == 2).await;
+        assert_eq!(
+            *sizes.lock().unwrap(),
+            [1, 5],
+            "one batch of all that queued"
+        );
+        open.notify_waiters();
+        for r in rest {
+            r.await.unwrap().unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_running_past_the_patience_lets_the_next_start_beside_it() {
+        let patience = Duration::from_millis(100);
+        let (batcher, sizes, open) = held(patience);
+        let batcher = Arc::new(batcher);
+        let first = tokio::spawn({
+            let b = batcher.clone();
+            async move { b.submit(0).await }
+        });
+        until("the first batch runs", || sizes.lock().unwrap().len() == 1).await;
+        let queued = Instant::now();
+        let second = tokio::spawn({
+            let b = batcher.clone();
+            async move { b.submit(1).await }
+        });
+        until("the second batch runs", || sizes.lock().unwrap().len() == 2).await;
+        assert!(
+            queued.elapsed() >= patience,
+            "started before its patience ran out"
+        );
+        // Two running, the limit: a third waits for a slot however long it takes.
+        let third = tokio::spawn({
+            let b = batcher.clone();
+            async move { b.submit(2).await }
+        });
+        tokio::time::sleep(patience * 3).await;
+        assert_eq!(sizes.lock().unwrap().len(), 2);
+        open.notify_waiters();
+        first.await.unwrap().unwrap();
+        second.await.unwrap().unwrap();
+        until("the third batch runs", || sizes.lock().unwrap().len() == 3).await;
+        open.notify_waiters();
+        third.await.unwrap().unwrap();
     }
 }

@@ -42,6 +42,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("migrations/0006_hot_references.sql")),
 ];
 
+/// How long a batch waits for the one before it of its kind to end before it starts
+/// beside it (see `batch.rs`): longer than a batch takes under load here (a few ms),
+/// short enough that a transaction waiting for a lock holds few requests up for long.
+const BATCH_PATIENCE: Duration = Duration::from_millis(20);
+
 /// Pool and timeout settings.
 #[derive(Debug, Clone)]
 pub struct PgSettings {
@@ -210,14 +215,16 @@ impl PgStore {
             .await
             .map_err(|e| anyhow::anyhow!("database_url: cannot connect to PostgreSQL: {e}"))?;
         migrate(&pool).await?;
-        // Two batches in flight per kind: one forms while the other waits for its
-        // commit, and a batch stuck behind another instance's lock does not stall its
-        // kind. More, smaller batches measured slower on the 2-core benchmark machine
-        // (4 in flight: ~4,100 checks/s; 2: ~6,400), the per-transaction cost being
-        // what the machine runs out of.
+        // One batch at a time per kind, the next forming while it runs: on the 2-core
+        // benchmark machine the per-transaction cost is what runs out (4 in flight:
+        // ~4,100 checks/s; 2: ~6,400; one, unless the one before has run for
+        // `BATCH_PATIENCE`: +17 % checks, docs/BENCHMARKS.md). A batch stuck behind
+        // another instance's row lock holds its kind up for that long at most, then a
+        // second runs beside it.
         let limits = Limits {
             max_batch: 256,
             in_flight: (settings.max_connections as usize / 4).clamp(1, 2),
+            patience: BATCH_PATIENCE,
         };
         let starts = Batcher::spawn(limits, {
             let (pool, codes) = (pool.clone(), codes.clone());
