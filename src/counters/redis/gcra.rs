@@ -149,6 +149,12 @@ impl Batch for Gcra {
     }
 
     async fn run(&self, conn: &mut ConnectionManager, ops: &[Op]) -> Result<Vec<Found>, Failure> {
+        if ops
+            .iter()
+            .all(|op| matches!(op, Op::Spend { dry: true, .. }))
+        {
+            return peek(conn, ops).await;
+        }
         let (keys, args) = encode(ops);
         let mut call = self.script.prepare_invoke();
         for key in keys {
@@ -177,6 +183,40 @@ impl Batch for Gcra {
         }
         Ok(found)
     }
+}
+
+/// A batch of dry spends only (a batch of checks asking the guess budget of right
+/// codes): nothing to write, so one `MGET` of their keys and the script's rule applied
+/// here — a script call costs Redis about ten times the read.
+async fn peek(conn: &mut ConnectionManager, ops: &[Op]) -> Result<Vec<Found>, Failure> {
+    let (keys, _) = encode(ops);
+    let mut read = redis::cmd("MGET");
+    for key in &keys {
+        read.arg(*key);
+    }
+    let tats: Vec<Option<i64>> = read.query_async(conn).await.map_err(Failure::Redis)?;
+    if tats.len() != keys.len() {
+        return Err(Failure::WrongCount);
+    }
+    let by_key: HashMap<&str, Option<i64>> = keys.into_iter().zip(tats).collect();
+    Ok(ops
+        .iter()
+        .map(|op| {
+            // Only dry spends reach here; a refund would read as an empty spend.
+            let (now_us, limits): (&i64, &[Limit]) = match op {
+                Op::Spend { now_us, limits, .. } => (now_us, limits),
+                Op::Refund { now_us, .. } => (now_us, &[]),
+            };
+            let tats: Vec<Option<i64>> = limits.iter().map(|l| by_key[l.key.as_str()]).collect();
+            // As the script: `tat = max(stored, now)`, admitted iff `tat + step - burst
+            // <= now` for every key.
+            let admitted = limits.iter().zip(&tats).all(|(l, tat)| {
+                let tat = tat.map_or(*now_us, |t| t.max(*now_us));
+                tat + l.step - l.burst <= *now_us
+            });
+            Found { admitted, tats }
+        })
+        .collect())
 }
 
 /// The script's `KEYS` (each distinct key once, in order of first use) and `ARGV` for
@@ -354,6 +394,32 @@ mod tests {
                 .collect();
             assert_eq!(seen, expected, "operation {i} (seed {seed})");
             assert_eq!(found.admitted, expected.iter().all(|d| d.allowed));
+        }
+        // A batch of dry spends only is a read (`peek`): it decides as the script and
+        // the memory backend do, and changes nothing.
+        let peeks: Vec<(usize, Rate)> = (0..names.len())
+            .flat_map(|k| rates.iter().map(move |r| (k, *r)))
+            .collect();
+        let dry: Vec<Op> = peeks
+            .iter()
+            .map(|&(k, rate)| Op::Spend {
+                now_us: now * 1000,
+                limits: vec![Limit {
+                    key: format!("rf:g:{}", names[k]),
+                    step: rate.interval_us(),
+                    burst: rate.burst_us(),
+                }],
+                dry: true,
+            })
+            .collect();
+        for _ in 0..2 {
+            let found = Gcra::new().run(&mut conn, &dry).await;
+            let found = found.unwrap_or_else(|_| panic!("the dry batch failed (seed {seed})"));
+            for (&(k, rate), found) in peeks.iter().zip(&found) {
+                let expected = memory.gcra_peek(&names[k], rate, now).await.unwrap();
+                assert_eq!(gcra_step(found.tats[0], rate, now, 1).0, expected);
+                assert_eq!(found.admitted, expected.allowed, "key {k} (seed {seed})");
+            }
         }
         // What the batch left in Redis is what the operations left in memory.
         for (k, name) in names.iter().enumerate() {
