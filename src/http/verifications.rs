@@ -622,9 +622,7 @@ impl GuessGate {
     fn take(&self) -> Gated {
         std::mem::take(&mut *self.asked.lock().unwrap_or_else(|e| e.into_inner()))
     }
-}
 
-impl GuessGate {
     /// The service whose budget applies: borrowed when the caller had it (no copy of
     /// the service per check). `None` lets the check go on unmetered: no such service,
     /// or the store could not say.

@@ -20,14 +20,15 @@ use super::batch::{Batch, Failure};
 /// operations, in order, as one atomic step. A spend reads each of its keys' TATs
 /// (`tat = max(stored, now)`, `new_tat = tat + step`, admitted iff `new_tat - burst <=
 /// now` for every key) and writes them only if every key admits (a dry spend decides
-/// the same way and writes nothing); a refund moves its
-/// key's TAT back by `step`, forgetting it once that reaches `now`. Rust computes the
-/// steps (interval times cost) and bursts; the script only adds and compares integers
-/// (exact in Lua's doubles below 2^53, i.e. TATs in µs until the year 2255). Returns
-/// one flat list: per spend (dry or not), `admitted` (1 or 0) and then the TAT it found
-/// per key (nil if none); per refund, 1. (Flat, and with `tonumber` a local: a batch of eight starts
-/// cost Redis 161–169 µs instead of 228–230 with a table per operation.) Keys are read
-/// with `MGET` in slices, as Lua's `unpack` has a bounded stack.
+/// the same way and writes nothing); a refund moves its key's TAT back by `step`,
+/// forgetting it once that reaches `now`. Rust computes the steps (interval times cost)
+/// and bursts; the script only adds and compares integers (exact in Lua's doubles below
+/// 2^53, i.e. TATs in µs until the year 2255). Returns one flat list: per spend (dry or
+/// not), `admitted` (1 or 0) and then the TAT it found per key (nil if none); per
+/// refund, 1. (Flat, and with `tonumber` a local: a batch of eight starts cost Redis
+/// 161–169 µs instead of 228–230 with a table per operation.) Keys are read with `MGET`
+/// in slices, as Lua's `unpack` has a bounded stack. A batch of dry spends only does
+/// not call it (see [`peek`]).
 const GCRA_LUA: &str = r#"
 -- KEYS: the batch's distinct keys, each holding a TAT (µs)
 -- ARGV: the operations in order, each `kind now n` and then n triples `key step burst`
@@ -293,9 +294,7 @@ mod tests {
         assert_eq!(ops.iter().map(Gcra::weight).sum::<usize>(), 5);
     }
 
-    /// A random batch of spends and refunds over a few keys, run as one script on the
-    /// Redis of `RINGFENCE_TEST_REDIS_URL`, finds at each operation exactly what the
-    /// in-memory backend finds running the same operations one by one.
+    /// What an operation of the random batch below is.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     enum Kind {
         Refund,
@@ -303,6 +302,10 @@ mod tests {
         Dry,
     }
 
+    /// A random batch of spends, dry spends and refunds over a few keys, run as one
+    /// script on the Redis of `RINGFENCE_TEST_REDIS_URL`, finds at each operation
+    /// exactly what the in-memory backend finds running the same operations one by one;
+    /// and so does a batch of dry spends only, which is read without the script.
     #[tokio::test]
     async fn a_batch_decides_as_its_operations_one_after_another() {
         use rand::{Rng, SeedableRng};
