@@ -19,6 +19,8 @@ pub struct FileConfig {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
+    pub database_pool_size: Option<u32>,
+    pub database_statement_timeout_ms: Option<u64>,
     pub sms_sink: Option<String>,
     pub log_format: Option<String>,
     pub binding_window_seconds: Option<u32>,
@@ -51,6 +53,13 @@ pub struct Overrides {
     /// Database URL: sqlite:PATH or postgres://… [default: sqlite in the data dir]
     #[arg(long, env = "RINGFENCE_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// PostgreSQL: connections this instance keeps to the database [default: 16]
+    #[arg(long, env = "RINGFENCE_DATABASE_POOL_SIZE")]
+    pub database_pool_size: Option<u32>,
+    /// PostgreSQL: milliseconds a statement may run before the server cancels it (the
+    /// request then answers 503) [default: 5000]
+    #[arg(long, env = "RINGFENCE_DATABASE_STATEMENT_TIMEOUT_MS")]
+    pub database_statement_timeout_ms: Option<u64>,
     /// Where messages go: console | file:PATH [default: console]
     #[arg(long, env = "RINGFENCE_SMS_SINK")]
     pub sms_sink: Option<String>,
@@ -118,6 +127,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub database: DatabaseUrl,
+    /// PostgreSQL's pool and statement timeout (unused on SQLite).
+    pub postgres: crate::store::postgres::PgSettings,
     pub sms_sink: SinkSpec,
     pub log_format: LogFormat,
     pub binding_window_seconds: u32,
@@ -235,6 +246,25 @@ impl Config {
             .unwrap_or_else(|| "memory".into())
             .parse()
             .map_err(|e: crate::counters::CountersSpecError| bad("counters_url", e.to_string()))?;
+        let mut postgres = crate::store::postgres::PgSettings::default();
+        if let Some(n) = o.database_pool_size.or(file.database_pool_size) {
+            if !(1..=256).contains(&n) {
+                return Err(bad("database_pool_size", "must be between 1 and 256"));
+            }
+            postgres.max_connections = n;
+        }
+        if let Some(ms) = o
+            .database_statement_timeout_ms
+            .or(file.database_statement_timeout_ms)
+        {
+            if !(100..=600_000).contains(&ms) {
+                return Err(bad(
+                    "database_statement_timeout_ms",
+                    "must be between 100 and 600000",
+                ));
+            }
+            postgres.statement_timeout = std::time::Duration::from_millis(ms);
+        }
         let outbox_lease_seconds = o
             .outbox_lease_seconds
             .or(file.outbox_lease_seconds)
@@ -282,6 +312,7 @@ impl Config {
             listen,
             data_dir,
             database,
+            postgres,
             sms_sink,
             log_format,
             binding_window_seconds,
@@ -355,6 +386,12 @@ data_dir = "./ringfence-data"
 # for several instances sharing one database.
 # database_url = "sqlite:./ringfence-data/ringfence.db"
 
+# PostgreSQL only: the connections this instance keeps (each kind of batched write uses
+# one or two at a time; reads take the rest), and how long a statement may run before
+# the server cancels it and the request answers 503 `unavailable`.
+database_pool_size = 16
+database_statement_timeout_ms = 5000
+
 # Where messages go: "console" (development) or "file:PATH" (one JSON object per line).
 sms_sink = "console"
 
@@ -406,6 +443,7 @@ sms_price_micros = 50000
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn the_pumping_detector_and_the_spend_breaker_are_configured() {
@@ -569,6 +607,42 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.key, "database_url");
+    }
+
+    #[test]
+    fn postgres_pool_and_timeout_have_defaults_and_bounds() {
+        let c = Config::resolve(&Overrides::default(), true).unwrap();
+        assert_eq!(c.postgres.max_connections, 16);
+        assert_eq!(c.postgres.statement_timeout, Duration::from_secs(5));
+        let c = Config::resolve(
+            &Overrides {
+                database_pool_size: Some(4),
+                database_statement_timeout_ms: Some(1500),
+                ..Default::default()
+            },
+            true,
+        )
+        .unwrap();
+        assert_eq!(c.postgres.max_connections, 4);
+        assert_eq!(c.postgres.statement_timeout, Duration::from_millis(1500));
+        for (o, key) in [
+            (
+                Overrides {
+                    database_pool_size: Some(0),
+                    ..Default::default()
+                },
+                "database_pool_size",
+            ),
+            (
+                Overrides {
+                    database_statement_timeout_ms: Some(10),
+                    ..Default::default()
+                },
+                "database_statement_timeout_ms",
+            ),
+        ] {
+            assert_eq!(Config::resolve(&o, true).unwrap_err().key, key);
+        }
     }
 
     #[test]

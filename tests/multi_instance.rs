@@ -568,3 +568,38 @@ async fn racing_guesses_over_two_instances_compare_one_code_per_unit_of_the_budg
     drop((a, b));
     db.drop_now().await;
 }
+
+/// `--database-pool-size` bounds the connections an instance keeps: under 80
+/// concurrent requests an instance with a pool of 3 never holds more than 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_keeps_at_most_its_pool_size_of_connections() {
+    let Some(admin) = postgres_url() else { return };
+    let db = TestDb::create(&admin, "rf_multi").await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = create_key(dir.path(), &db.url, "pool", &[]);
+    let a = start_instance_with(dir.path(), &db.url, "a", &["--database-pool-size", "3"]).await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
+    let starts = (0..80).map(|n| {
+        let req = client
+            .post(format!("{}/v1/verifications", a.base))
+            .bearer_auth(&key)
+            .json(&json!({ "to": format!("+447700{n:06}") }));
+        async move { req.send().await.unwrap().status().as_u16() }
+    });
+    let (statuses, most) = tokio::join!(futures::future::join_all(starts), async {
+        let mut most = 0;
+        for _ in 0..20 {
+            most = most.max(db.connections().await);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        most
+    });
+    assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
+    let most = most.max(db.connections().await);
+    assert!((1..=3).contains(&most), "{most} connections");
+    drop(a);
+    db.drop_now().await;
+}

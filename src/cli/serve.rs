@@ -47,8 +47,12 @@ pub async fn open_store(
             config.durability,
         )?),
         DatabaseUrl::Postgres(url) => Arc::new(
-            crate::store::postgres::PgStore::connect(url, keys.codes.clone(), Default::default())
-                .await?,
+            crate::store::postgres::PgStore::connect(
+                url,
+                keys.codes.clone(),
+                config.postgres.clone(),
+            )
+            .await?,
         ),
     };
     Ok((store, keys, report))

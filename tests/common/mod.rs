@@ -63,6 +63,19 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// Connections open to this database, the caller's own excepted.
+    #[allow(dead_code)] // not every test binary that shares this module uses it
+    pub async fn connections(&self) -> i64 {
+        let mut conn = sqlx::PgConnection::connect(&self.admin_url).await.unwrap();
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&self.name)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+    }
+
     pub async fn create(admin_url: &str, prefix: &str) -> Self {
         let name = format!(
             "{prefix}_{}",
