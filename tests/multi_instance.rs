@@ -124,6 +124,14 @@ async fn setup_with_redis() -> Option<(tempfile::TempDir, TestDb, String, Instan
     Some((dir, db, key, a, b))
 }
 
+/// A client that keeps enough idle connections for the tests' bursts of requests.
+fn client_for_many() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap()
+}
+
 async fn setup() -> Option<(tempfile::TempDir, TestDb, String, Instance, Instance)> {
     let admin = postgres_url()?;
     let db = TestDb::create(&admin, "rf_multi").await;
@@ -139,10 +147,7 @@ async fn a_thousand_correct_checks_over_two_instances_approve_exactly_once() {
     let Some((dir, db, key, a, b)) = setup().await else {
         return;
     };
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
-        .build()
-        .unwrap();
+    let client = client_for_many();
     let to = "+447400123456";
     let started: Value = client
         .post(format!("{}/v1/verifications", a.base))
@@ -454,10 +459,7 @@ async fn racing_guesses_over_two_instances_compare_one_code_per_unit_of_the_budg
     let Some((dir, db, key, a, b)) = setup_with_redis().await else {
         return;
     };
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
-        .build()
-        .unwrap();
+    let client = client_for_many();
     let all = json!({ "allow_by_default": { "disallowed_regions": [] } });
     let created = client
         .post(format!("{}/v1/services", a.base))
@@ -578,10 +580,7 @@ async fn an_instance_keeps_at_most_its_pool_size_of_connections() {
     let dir = tempfile::tempdir().unwrap();
     let key = create_key(dir.path(), &db.url, "pool", &[]);
     let a = start_instance_with(dir.path(), &db.url, "a", &["--database-pool-size", "3"]).await;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
-        .build()
-        .unwrap();
+    let client = client_for_many();
     let starts = (0..80).map(|n| {
         let req = client
             .post(format!("{}/v1/verifications", a.base))
