@@ -124,6 +124,27 @@ async fn setup_with_redis() -> Option<(tempfile::TempDir, TestDb, String, Instan
     Some((dir, db, key, a, b))
 }
 
+/// POSTs `body` to `url` with `key`: the status and the JSON answer.
+async fn post_json(client: &reqwest::Client, key: &str, url: String, body: Value) -> (u16, Value) {
+    let r = client
+        .post(url)
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json::<Value>().await.unwrap())
+}
+
+/// Creates the service `body` describes, sending to every region on every channel.
+async fn create_open_service(client: &reqwest::Client, key: &str, base: &str, mut body: Value) {
+    let all = json!({ "allow_by_default": { "disallowed_regions": [] } });
+    body["abuse"]["geo"] = json!({ "sms": all, "voice": all, "whatsapp": all });
+    let (status, answer) = post_json(client, key, format!("{base}/v1/services"), body).await;
+    assert_eq!(status, 201, "{answer}");
+}
+
 /// A client that keeps enough idle connections for the tests' bursts of requests.
 fn client_for_many() -> reqwest::Client {
     reqwest::Client::builder()
@@ -384,36 +405,25 @@ async fn anti_abuse_limits_hold_across_instances_sharing_redis() {
         return;
     };
     let client = reqwest::Client::new();
-    let all = json!({ "allow_by_default": { "disallowed_regions": [] } });
-    let created = client
-        .post(format!("{}/v1/services", a.base))
-        .bearer_auth(&key)
-        .json(&json!({
+    create_open_service(
+        &client,
+        &key,
+        &a.base,
+        json!({
             "name": "shared",
             "resend_cooldown_seconds": 0,
             "max_check_attempts": 20,
             "abuse": {
-                "geo": { "sms": all, "voice": all, "whatsapp": all },
                 "limits": {
                     "sends_per_ip": { "limit": 2, "period_seconds": 300 },
                     "wrong_codes_per_number": { "limit": 3, "period_seconds": 86400 }
                 }
             }
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
+        }),
+    )
+    .await;
     let post = |base: &str, path: &str, body: Value| {
-        let req = client
-            .post(format!("{base}{path}"))
-            .bearer_auth(&key)
-            .json(&body);
-        async move {
-            let r = req.send().await.unwrap();
-            let status = r.status().as_u16();
-            (status, r.json::<Value>().await.unwrap())
-        }
+        post_json(&client, &key, format!("{base}{path}"), body)
     };
     // One /64, three addresses, two instances: the third start is over the limit.
     let start =
@@ -460,37 +470,26 @@ async fn racing_guesses_over_two_instances_compare_one_code_per_unit_of_the_budg
         return;
     };
     let client = client_for_many();
-    let all = json!({ "allow_by_default": { "disallowed_regions": [] } });
-    let created = client
-        .post(format!("{}/v1/services", a.base))
-        .bearer_auth(&key)
-        .json(&json!({
+    create_open_service(
+        &client,
+        &key,
+        &a.base,
+        json!({
             "name": "race",
             "resend_cooldown_seconds": 0,
             "max_check_attempts": 20,
             "max_sends": 20,
             "abuse": {
-                "geo": { "sms": all, "voice": all, "whatsapp": all },
                 "limits": {
                     "sends_per_number": null,
                     "wrong_codes_per_number": { "limit": 3, "period_seconds": 86400 }
                 }
             }
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
+        }),
+    )
+    .await;
     let post = |base: String, path: String, body: Value| {
-        let req = client
-            .post(format!("{base}{path}"))
-            .bearer_auth(&key)
-            .json(&body);
-        async move {
-            let r = req.send().await.unwrap();
-            let status = r.status().as_u16();
-            (status, r.json::<Value>().await.unwrap())
-        }
+        post_json(&client, &key, format!("{base}{path}"), body)
     };
     let bases = [a.base.clone(), b.base.clone()];
     let start = |to: &'static str, i: usize| {
