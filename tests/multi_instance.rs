@@ -466,6 +466,17 @@ async fn anti_abuse_limits_hold_across_instances_sharing_redis() {
 /// who always types the right code is never limited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_guesses_over_two_instances_compare_one_code_per_unit_of_the_budget() {
+    racing_guesses(false).await;
+}
+
+/// The same with checks by number (`POST /v1/verification-checks`), which find the
+/// verification by its number and service first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_guesses_by_number_over_two_instances_compare_one_code_per_unit_of_the_budget() {
+    racing_guesses(true).await;
+}
+
+async fn racing_guesses(by_number: bool) {
     let Some((dir, db, key, a, b)) = setup_with_redis().await else {
         return;
     };
@@ -502,38 +513,49 @@ async fn racing_guesses_over_two_instances_compare_one_code_per_unit_of_the_budg
         }
     };
 
+    // A check of `id` (of the number `to`) with `code`, on instance `i % 2`.
+    let check = |i: usize, to: &'static str, id: &str, code: String| {
+        let (path, body) = if by_number {
+            let body = json!({ "to": to, "code": code, "service": "race" });
+            ("/v1/verification-checks".to_owned(), body)
+        } else {
+            (
+                format!("/v1/verifications/{id}/check"),
+                json!({ "code": code }),
+            )
+        };
+        post(bases[i % 2].clone(), path, body)
+    };
+    // What a check answers once the verification is approved.
+    let after_approval = if by_number { 404 } else { 409 };
+
     // Right codes spend nothing: five verifications of one number, each approved at
     // once, on a budget of three.
     for i in 0..5 {
-        let id = start("+447911200001", i).await;
+        let to = "+447911200001";
+        let id = start(to, i).await;
         let code = code_of_verification(dir.path(), &id).await;
-        let path = format!("/v1/verifications/{id}/check");
-        let (s, v) = post(bases[(i + 1) % 2].clone(), path, json!({ "code": code })).await;
+        let (s, v) = check(i + 1, to, &id, code).await;
         assert_eq!((s, v["status"].as_str()), (200, Some("approved")), "{v}");
     }
 
     // Another number: two wrong codes leave one unit, then 40 racing guesses, the
     // right code among them, over both instances.
-    let id = start("+447911200002", 0).await;
+    let to = "+447911200002";
+    let id = start(to, 0).await;
     let code = code_of_verification(dir.path(), &id).await;
     let wrong = |k: usize| -> String {
         let n: u64 = code.parse().unwrap();
         let m = 10u64.pow(code.len() as u32);
         format!("{:0w$}", (n + 1 + k as u64) % m, w = code.len())
     };
-    let path = format!("/v1/verifications/{id}/check");
     for k in 0..2 {
-        let (s, v) = post(
-            bases[k % 2].clone(),
-            path.clone(),
-            json!({ "code": wrong(k) }),
-        )
-        .await;
+        let (s, v) = check(k, to, &id, wrong(k)).await;
         assert_eq!((s, v["status"].as_str()), (200, Some("pending")), "{v}");
     }
     let guesses = (0..40).map(|k| {
         let guess = if k == 17 { code.clone() } else { wrong(2 + k) };
-        post(bases[k % 2].clone(), path.clone(), json!({ "code": guess }))
+        check(k, to, &id, guess)
     });
     let answers = futures::future::join_all(guesses).await;
     let compared: Vec<&Value> = answers
@@ -545,18 +567,15 @@ async fn racing_guesses_over_two_instances_compare_one_code_per_unit_of_the_budg
     for (s, v) in &answers {
         // Refused by the budget, or (after the right code won) not pending any more.
         assert!(
-            *s == 200 || (*s == 429 && v["error"]["code"] == "rate_limited") || *s == 409,
+            *s == 200
+                || (*s == 429 && v["error"]["code"] == "rate_limited")
+                || *s == after_approval,
             "{s} {v}"
         );
     }
-    let (s, v) = post(
-        bases[1].clone(),
-        path.clone(),
-        json!({ "code": code.clone() }),
-    )
-    .await;
+    let (s, v) = check(1, to, &id, code.clone()).await;
     if compared[0]["status"] == "approved" {
-        assert_eq!(s, 409, "{v}");
+        assert_eq!(s, after_approval, "{v}");
     } else {
         // A wrong guess took the last unit: the right code is refused as any guess.
         assert_eq!(compared[0]["status"], "pending");

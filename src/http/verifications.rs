@@ -849,15 +849,14 @@ async fn run_check_by_number(
         .find_pending(&bi, &service.id, now)
         .await?
         .ok_or(ApiError::VerificationNotFound)?;
-    // The number and its service are known: the gate is asked here, and the check
-    // needs no look-up of the verification's owner.
+    // The number and its service are known: the check needs no look-up of the
+    // verification's owner.
     let service_id = service.id.clone();
-    let gate = GuessGate::new(&st, Some(service), now);
-    let outcome = if gate.admit(&bi, &service_id).await {
-        st.store.check_verification(&id, code, now).await
-    } else {
-        Ok(CheckOutcome::Gated)
-    };
+    let gate = Arc::new(GuessGate::new(&st, Some(service), now));
+    let outcome = st
+        .store
+        .check_gated_owned(&id, (&bi, &service_id), code, now, gate.clone())
+        .await;
     finish_check(&st, &gate, outcome, now).await
 }
 

@@ -4,8 +4,8 @@
 use ringfence::store::{CheckOutcome, StartOutcome};
 use ringfence::verify::{Status, VerifyError};
 
-use crate::backend::each_backend;
-use crate::fixtures::{otp, CODE, PHONE, SECOND, T0, WRONG};
+use crate::backend::{each_backend, Backend};
+use crate::fixtures::{otp, CODE, PHONE, PHONE_2, SECOND, T0, WRONG};
 
 #[tokio::test]
 async fn the_right_code_approves() {
@@ -280,65 +280,96 @@ fn gate(admit: bool) -> std::sync::Arc<Gate> {
 /// after, saying whether it was right; a refusal changes nothing.
 #[tokio::test]
 async fn a_gate_is_asked_with_the_number_and_service_and_a_refusal_changes_nothing() {
-    each_backend(|b| async move {
-        let svc = b.service("signup", |_| {}).await;
-        let v = b.start(&svc, PHONE).started().await;
-        let now = T0 + SECOND;
+    each_backend(|b| async move { gate_asked_and_refusal_changes_nothing(b, false).await }).await;
+}
 
-        let refuse = gate(false);
-        for code in [CODE, WRONG] {
-            let out = b
-                .store
-                .check_gated(&v.id, otp(code), now, refuse.clone())
+/// The same of a check whose caller knows the verification's number and service (a
+/// check by number): the gate is asked exactly as when the store finds them itself.
+#[tokio::test]
+async fn a_check_with_its_owner_known_asks_its_gate_the_same_way() {
+    each_backend(|b| async move { gate_asked_and_refusal_changes_nothing(b, true).await }).await;
+}
+
+/// A gated check by id, or with its owner (`PHONE` on `service`) given when `owned`.
+async fn gated_check(
+    b: &Backend,
+    owned: Option<&str>,
+    id: &str,
+    code: &str,
+    now: i64,
+    gate: &std::sync::Arc<Gate>,
+) -> CheckOutcome {
+    let gate = gate.clone();
+    match owned {
+        None => b.store.check_gated(id, otp(code), now, gate).await,
+        Some(service) => {
+            let bi = b.blind(PHONE);
+            b.store
+                .check_gated_owned(id, (&bi, service), otp(code), now, gate)
                 .await
-                .unwrap();
-            assert!(matches!(out, CheckOutcome::Gated), "{out:?}");
         }
-        refuse.assert_asked(b.blind(PHONE), &svc.id, &[true, false]);
-        let row = b.details(&v.id).await.row;
-        assert_eq!((row.status, row.attempts), (Status::Pending, 0));
-        assert!(b.inspect.has_code_hash(&v.id).await);
+    }
+    .unwrap()
+}
 
-        let admit = gate(true);
-        let out = b
-            .store
-            .check_gated(&v.id, otp(WRONG), now, admit.clone())
-            .await
-            .unwrap();
-        assert!(
-            matches!(
-                out,
-                CheckOutcome::Wrong {
-                    attempts_left: 4,
-                    ..
-                }
-            ),
-            "{out:?}"
-        );
-        let out = b
-            .store
-            .check_gated(&v.id, otp(CODE), now, admit.clone())
-            .await
-            .unwrap();
-        assert!(matches!(out, CheckOutcome::Approved(_)), "{out:?}");
-        admit.assert_asked(b.blind(PHONE), &svc.id, &[false, true]);
+async fn gate_asked_and_refusal_changes_nothing(b: Backend, owned: bool) {
+    let svc = b.service("signup", |_| {}).await;
+    let v = b.start(&svc, PHONE).started().await;
+    let now = T0 + SECOND;
+    let owner = owned.then_some(svc.id.as_str());
+    // How this store asks a check by id (before comparing, or after): a check with its
+    // owner known must ask the same way.
+    let by_id = gate(true);
+    let other = b.start(&svc, PHONE_2).started().await;
+    gated_check(&b, None, &other.id, WRONG, now, &by_id).await;
+    let asks_after = by_id.asked.lock().unwrap()[0].2.is_some();
 
+    let refuse = gate(false);
+    for code in [CODE, WRONG] {
+        let out = gated_check(&b, owner, &v.id, code, now, &refuse).await;
+        assert!(matches!(out, CheckOutcome::Gated), "{out:?}");
+    }
+    refuse.assert_asked(b.blind(PHONE), &svc.id, &[true, false]);
+    assert_eq!(
+        refuse.asked.lock().unwrap()[0].2.is_some(),
+        asks_after,
+        "asked as a check by id is"
+    );
+    let row = b.details(&v.id).await.row;
+    assert_eq!((row.status, row.attempts), (Status::Pending, 0));
+    assert!(b.inspect.has_code_hash(&v.id).await);
+
+    let admit = gate(true);
+    let out = gated_check(&b, owner, &v.id, WRONG, now, &admit).await;
+    assert!(
+        matches!(
+            out,
+            CheckOutcome::Wrong {
+                attempts_left: 4,
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    let out = gated_check(&b, owner, &v.id, CODE, now, &admit).await;
+    assert!(matches!(out, CheckOutcome::Approved(_)), "{out:?}");
+    admit.assert_asked(b.blind(PHONE), &svc.id, &[false, true]);
+
+    if !owned {
         // An unknown verification is not found; nobody is asked about it.
         let unknown = gate(true);
-        let out = b
-            .store
-            .check_gated(
-                "VE01ffffffffffffffffffffffffffffff",
-                otp(CODE),
-                now,
-                unknown.clone(),
-            )
-            .await
-            .unwrap();
+        let out = gated_check(
+            &b,
+            None,
+            "VE01ffffffffffffffffffffffffffffff",
+            CODE,
+            now,
+            &unknown,
+        )
+        .await;
         assert!(matches!(out, CheckOutcome::NotFound), "{out:?}");
         assert!(unknown.asked.lock().unwrap().is_empty());
-    })
-    .await;
+    }
 }
 
 /// Racing checks of one verification (on PostgreSQL one batch, its checks decided one

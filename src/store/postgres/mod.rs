@@ -599,6 +599,19 @@ impl Store for PgStore {
             .await
     }
 
+    /// As `check_gated`: the locking read gives the number and service the caller
+    /// knew, and asking after comparing needs nothing held or given back.
+    async fn check_gated_owned(
+        &self,
+        id: &str,
+        _owner: (&BlindIndex, &str),
+        code: OtpCode,
+        now: Millis,
+        gate: Arc<dyn CheckGate>,
+    ) -> StoreResult<CheckOutcome> {
+        self.check_gated(id, code, now, gate).await
+    }
+
     async fn get_verification(&self, id: &str) -> StoreResult<Option<VerificationDetails>> {
         let Some(r) = sqlx::query(&format!(
             "SELECT {VERIFICATION_COLUMNS}, {SUBJECT_COLUMNS}
