@@ -76,7 +76,8 @@ pub struct Overrides {
     /// a process crash; a power cut may lose the last ~100 ms) [default: full]
     #[arg(long, env = "RINGFENCE_DURABILITY")]
     pub durability: Option<String>,
-    /// Counters for metering and rate limits: memory | redis://HOST[:PORT] [default: memory]
+    /// Counters for metering and rate limits: memory | redis://HOST, redis://HOST:PORT
+    /// [default: memory]
     #[arg(long, env = "RINGFENCE_COUNTERS_URL")]
     pub counters_url: Option<String>,
     /// Seconds a claimed message stays with its worker before another may take it over
