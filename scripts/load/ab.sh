@@ -20,7 +20,8 @@
 #                     both are emptied first (use databases nothing else uses)
 #   A_ARGS='…' B_ARGS='…'  more arguments of each `serve` (with BIN_B = BIN_A, the
 #                     two settings compared)
-#   CHECKS=1          the checks too
+#   CHECKS=1          the checks too; CHECKS=number checks by number
+#                     (/v1/verification-checks)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ $# -ge 2 ] || { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
@@ -78,6 +79,7 @@ run() { # side, kind, round
   # that a whole turn of starts sent.
   [ "$kind" = check ] && secs=$(((SECS + 1) / 2))
   out=$(RINGFENCE_KEY=${KEY[$side]} RUN_SALT=$r PAIRS="$WORK/$side/pairs.$r" WRK_THREADS=2 \
+    BY_NUMBER=$([ "${CHECKS:-}" = number ] && echo 1 || echo 0) \
     wrk -t2 -c"$CONNS" -d"${secs}s" --latency -s "scripts/load/$kind.lua" "http://127.0.0.1:${PORT_OF[$side]}")
   if echo "$out" | grep -q "non-2xx responses: [1-9]"; then
     echo "   $side, round $((r + 1)): $(echo "$out" | grep non-2xx) (its rate counts them)" >&2

@@ -1,5 +1,7 @@
 -- wrk script: POST /v1/verifications/{id}/check with the right code, each pending
--- verification once. Reads "id code" lines from $PAIRS; thread k takes lines k, k+n, …
+-- verification once; with BY_NUMBER=1, POST /v1/verification-checks with the number
+-- and the code instead. Reads "id code number" lines from $PAIRS; thread k takes lines
+-- k, k+n, …
 local threads = {}
 local pairs_ = {}
 local i = 0
@@ -15,20 +17,28 @@ function init(args)
   local line_no = 0
   for line in io.lines(os.getenv("PAIRS")) do
     if line_no % n == tid then
-      local id, code = line:match("^(%S+) (%S+)$")
-      table.insert(pairs_, { id, code })
+      local id, code, number = line:match("^(%S+) (%S+) (%S+)$")
+      table.insert(pairs_, { id, code, number })
     end
     line_no = line_no + 1
   end
 end
 
+local by_number = os.getenv("BY_NUMBER") == "1"
+
 request = function()
   i = i + 1
   local p = pairs_[((i - 1) % #pairs_) + 1]
-  return wrk.format("POST", "/v1/verifications/" .. p[1] .. "/check", {
+  local headers = {
     ["Content-Type"] = "application/json",
     ["Authorization"] = "Bearer " .. os.getenv("RINGFENCE_KEY"),
-  }, '{"code":"' .. p[2] .. '"}')
+  }
+  if by_number then
+    return wrk.format("POST", "/v1/verification-checks", headers,
+      '{"to":"' .. p[3] .. '","code":"' .. p[2] .. '"}')
+  end
+  return wrk.format("POST", "/v1/verifications/" .. p[1] .. "/check", headers,
+    '{"code":"' .. p[2] .. '"}')
 end
 
 -- report.lua, beside this script.

@@ -23,7 +23,8 @@
 #                        load leaves there (closed prefixes, a day's spend) would
 #                        change what a test sees: use one nothing else uses, such as
 #                        redis://127.0.0.1:6379/9 (run.sh's), never the tests'
-#   CHECKS=1             checks each code the starts sent, for SECONDS / 2, after them
+#   CHECKS=1             checks each code the starts sent, for SECONDS / 2, after them;
+#                        CHECKS=number checks them by number (/v1/verification-checks)
 #   CONNS=n              wrk's connections (32)
 #   PERCENTILES=1        prints the latency's percentiles from p10 to p99.9, its mean,
 #                        standard deviation and maximum
@@ -157,7 +158,8 @@ measure start "$SECS" -s scripts/load/start.lua
 [ ${#HELPERS[@]} -gt 0 ] && wait "${HELPERS[@]}"
 if [ -n "${CHECKS:-}" ]; then
   pairs_from_sink "$WORK/sms.jsonl" "$WORK/pairs.txt"
-  PAIRS="$WORK/pairs.txt" WRK_THREADS=2 measure check $((SECS / 2)) -s scripts/load/check.lua
+  BY_NUMBER=$([ "$CHECKS" = number ] && echo 1 || echo 0) PAIRS="$WORK/pairs.txt" WRK_THREADS=2 \
+    measure check $((SECS / 2)) -s scripts/load/check.lua
 else
   echo "messages in the sink: $(wc -l <"$WORK/sms.jsonl")"
 fi

@@ -51,7 +51,7 @@ start_server() {
 
 # Waits until the outbox has drained (the sink file has had no new line for 2 s: a
 # worker between rounds can pause for more than half a second), then writes one
-# "verification_id code" line per message of the sink to PAIRS, for check.lua.
+# "verification_id code number" line per message of the sink to PAIRS, for check.lua.
 pairs_from_sink() {
   local sink=$1 pairs=$2 last=-1 still=0 now
   for _ in $(seq 600); do
@@ -68,7 +68,7 @@ with open(sys.argv[1]) as f, open(sys.argv[2], "w") as out:
     for line in f:
         m = json.loads(line)
         code = re.search(r"\d{4,10}", m["body"]).group()
-        out.write(f'{m["verification_id"]} {code}\n')
+        out.write(f'{m["verification_id"]} {code} {m["to"]}\n')
         n += 1
 print(f"messages delivered to the sink: {n}")
 PY
