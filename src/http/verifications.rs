@@ -844,18 +844,12 @@ async fn run_check_by_number(
         .await?
         .ok_or(ApiError::ServiceNotFound)?;
     let bi = st.keys.blind.index(number.expose());
-    let id = st
-        .store
-        .find_pending(&bi, &service.id, now)
-        .await?
-        .ok_or(ApiError::VerificationNotFound)?;
-    // The number and its service are known: the check needs no look-up of the
-    // verification's owner.
     let service_id = service.id.clone();
     let gate = Arc::new(GuessGate::new(&st, Some(service), now));
+    // The store finds the number's pending verification; none is `NotFound`.
     let outcome = st
         .store
-        .check_gated_owned(&id, (&bi, &service_id), code, now, gate.clone())
+        .check_pending_gated(&bi, &service_id, code, now, gate.clone())
         .await;
     finish_check(&st, &gate, outcome, now).await
 }

@@ -528,25 +528,30 @@ pub trait Store: Send + Sync + 'static {
         let Some((bi, service_id)) = self.verification_owner(id).await? else {
             return Ok(CheckOutcome::NotFound);
         };
-        self.check_gated_owned(id, (&bi, &service_id), code, now, gate)
-            .await
+        if !gate.admit(&bi, &service_id).await {
+            return Ok(CheckOutcome::Gated);
+        }
+        self.check_verification(id, code, now).await
     }
-    /// [`Store::check_gated`] of a verification whose number and service the caller
-    /// knows already (a check by number found it by them): by default the gate is
-    /// asked with those, with no look-up, then the check. A store that asks after
-    /// comparing asks with what its check reads, as `check_gated` does.
-    async fn check_gated_owned(
+    /// A check of the pending verification of a number on a service (a check by
+    /// number), asking `gate` as [`Store::check_gated`] does; `NotFound` when there is
+    /// none, and nobody is asked. By default [`Store::find_pending`], then the gate,
+    /// asked with the number and service, then the check.
+    async fn check_pending_gated(
         &self,
-        id: &str,
-        owner: (&BlindIndex, &str),
+        bi: &BlindIndex,
+        service_id: &str,
         code: OtpCode,
         now: Millis,
         gate: Arc<dyn CheckGate>,
     ) -> StoreResult<CheckOutcome> {
-        if !gate.admit(owner.0, owner.1).await {
+        let Some(id) = self.find_pending(bi, service_id, now).await? else {
+            return Ok(CheckOutcome::NotFound);
+        };
+        if !gate.admit(bi, service_id).await {
             return Ok(CheckOutcome::Gated);
         }
-        self.check_verification(id, code, now).await
+        self.check_verification(&id, code, now).await
     }
     async fn get_verification(&self, id: &str) -> StoreResult<Option<VerificationDetails>>;
     /// The id of the pending verification of a number on a service, if any.

@@ -283,42 +283,43 @@ async fn a_gate_is_asked_with_the_number_and_service_and_a_refusal_changes_nothi
     each_backend(|b| async move { gate_asked_and_refusal_changes_nothing(b, false).await }).await;
 }
 
-/// The same of a check whose caller knows the verification's number and service (a
-/// check by number): the gate is asked exactly as when the store finds them itself.
+/// The same of a check of the pending verification of a number on a service (a check
+/// by number): the gate is asked exactly as for a check by id.
 #[tokio::test]
-async fn a_check_with_its_owner_known_asks_its_gate_the_same_way() {
+async fn a_check_by_number_asks_its_gate_as_a_check_by_id_does() {
     each_backend(|b| async move { gate_asked_and_refusal_changes_nothing(b, true).await }).await;
 }
 
-/// A gated check by id, or with its owner (`PHONE` on `service`) given when `owned`.
+/// A gated check of `id`, or, when `by_number` names a service, of the pending
+/// verification of `number` on it.
 async fn gated_check(
     b: &Backend,
-    owned: Option<&str>,
+    by_number: Option<(&str, &str)>,
     id: &str,
     code: &str,
     now: i64,
     gate: &std::sync::Arc<Gate>,
 ) -> CheckOutcome {
     let gate = gate.clone();
-    match owned {
+    match by_number {
         None => b.store.check_gated(id, otp(code), now, gate).await,
-        Some(service) => {
-            let bi = b.blind(PHONE);
+        Some((number, service)) => {
+            let bi = b.blind(number);
             b.store
-                .check_gated_owned(id, (&bi, service), otp(code), now, gate)
+                .check_pending_gated(&bi, service, otp(code), now, gate)
                 .await
         }
     }
     .unwrap()
 }
 
-async fn gate_asked_and_refusal_changes_nothing(b: Backend, owned: bool) {
+async fn gate_asked_and_refusal_changes_nothing(b: Backend, by_number: bool) {
     let svc = b.service("signup", |_| {}).await;
     let v = b.start(&svc, PHONE).started().await;
     let now = T0 + SECOND;
-    let owner = owned.then_some(svc.id.as_str());
-    // How this store asks a check by id (before comparing, or after): a check with its
-    // owner known must ask the same way.
+    let owner = by_number.then_some((PHONE, svc.id.as_str()));
+    // How this store asks a check by id (before comparing, or after): a check by
+    // number must ask the same way.
     let by_id = gate(true);
     let other = b.start(&svc, PHONE_2).started().await;
     gated_check(&b, None, &other.id, WRONG, now, &by_id).await;
@@ -355,21 +356,20 @@ async fn gate_asked_and_refusal_changes_nothing(b: Backend, owned: bool) {
     assert!(matches!(out, CheckOutcome::Approved(_)), "{out:?}");
     admit.assert_asked(b.blind(PHONE), &svc.id, &[false, true]);
 
-    if !owned {
-        // An unknown verification is not found; nobody is asked about it.
-        let unknown = gate(true);
-        let out = gated_check(
-            &b,
-            None,
-            "VE01ffffffffffffffffffffffffffffff",
-            CODE,
-            now,
-            &unknown,
-        )
-        .await;
-        assert!(matches!(out, CheckOutcome::NotFound), "{out:?}");
-        assert!(unknown.asked.lock().unwrap().is_empty());
-    }
+    // An unknown verification, or a number with none pending (`PHONE`'s is approved
+    // now), is not found; nobody is asked about it.
+    let unknown = gate(true);
+    let out = gated_check(
+        &b,
+        owner,
+        "VE01ffffffffffffffffffffffffffffff",
+        CODE,
+        now,
+        &unknown,
+    )
+    .await;
+    assert!(matches!(out, CheckOutcome::NotFound), "{out:?}");
+    assert!(unknown.asked.lock().unwrap().is_empty());
 }
 
 /// Racing checks of one verification (on PostgreSQL one batch, its checks decided one
@@ -378,32 +378,45 @@ async fn gate_asked_and_refusal_changes_nothing(b: Backend, owned: bool) {
 /// attempts, and nothing after the approval is compared.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_checks_of_one_verification_ask_the_gate_once_per_code_compared() {
-    each_backend(|b| async move {
-        let svc = b.service("signup", |_| {}).await;
-        let v = b.start(&svc, PHONE).started().await;
-        let now = T0 + SECOND;
-        let admit = gate(true);
-        let checks = [WRONG, WRONG, CODE, WRONG, WRONG].map(|code| {
-            let (store, gate, id) = (b.store.clone(), admit.clone(), v.id.clone());
-            async move { store.check_gated(&id, otp(code), now, gate).await.unwrap() }
-        });
-        let outs = futures::future::join_all(checks).await;
-        let approved = outs
+    each_backend(|b| async move { racing_checks(b, false).await }).await;
+}
+
+/// The same with checks by number: on PostgreSQL the batch finds each one's
+/// verification, the same for all, and decides them one after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_checks_by_number_ask_the_gate_once_per_code_compared() {
+    each_backend(|b| async move { racing_checks(b, true).await }).await;
+}
+
+async fn racing_checks(b: Backend, by_number: bool) {
+    let svc = b.service("signup", |_| {}).await;
+    let v = b.start(&svc, PHONE).started().await;
+    let now = T0 + SECOND;
+    let admit = gate(true);
+    let owner = by_number.then_some((PHONE, svc.id.as_str()));
+    let checks = [WRONG, WRONG, CODE, WRONG, WRONG]
+        .map(|code| gated_check(&b, owner, &v.id, code, now, &admit));
+    let outs = futures::future::join_all(checks).await;
+    let approved = outs
+        .iter()
+        .filter(|o| matches!(o, CheckOutcome::Approved(_)))
+        .count();
+    assert_eq!(approved, 1, "{outs:?}");
+    let row = b.details(&v.id).await.row;
+    assert_eq!(row.status, Status::Approved);
+    let when: Vec<Option<bool>> = admit.asked.lock().unwrap().iter().map(|a| a.2).collect();
+    if when.iter().all(Option::is_none) {
+        // A check by number that came after the approval found nothing pending.
+        let found = outs
             .iter()
-            .filter(|o| matches!(o, CheckOutcome::Approved(_)))
+            .filter(|o| !matches!(o, CheckOutcome::NotFound))
             .count();
-        assert_eq!(approved, 1, "{outs:?}");
-        let row = b.details(&v.id).await.row;
-        assert_eq!(row.status, Status::Approved);
-        let when: Vec<Option<bool>> = admit.asked.lock().unwrap().iter().map(|a| a.2).collect();
-        if when.iter().all(Option::is_none) {
-            assert_eq!(when.len(), 5, "asked before each comparison");
-        } else {
-            let wrong = when.iter().filter(|w| **w == Some(false)).count();
-            assert_eq!(wrong as u32, row.attempts, "asked {when:?}");
-            assert_eq!(when.last(), Some(&Some(true)), "asked {when:?}");
-            assert_eq!(when.len(), wrong + 1);
-        }
-    })
-    .await;
+        assert_eq!(when.len(), found, "asked before each comparison: {outs:?}");
+        assert!(by_number || found == 5, "{outs:?}");
+    } else {
+        let wrong = when.iter().filter(|w| **w == Some(false)).count();
+        assert_eq!(wrong as u32, row.attempts, "asked {when:?}");
+        assert_eq!(when.last(), Some(&Some(true)), "asked {when:?}");
+        assert_eq!(when.len(), wrong + 1);
+    }
 }

@@ -1,5 +1,9 @@
 //! Checks, applied a batch at a time (see `batch.rs`).
 //!
+//! A check by number names no verification: the batch first finds the pending
+//! verification of each such check's number and service, in one statement for them
+//! all (only when the batch has some), as a look-up before the check would.
+//!
 //! One statement locks every verification the batch checks (in id order, so that two
 //! batches, or a batch and a start batch, never wait on each other in a cycle) together
 //! with its subject. Each check is then decided in order by the pure
@@ -19,19 +23,30 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sqlx::{PgPool, Row};
+use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use super::{subject_from, verification_from, SUBJECT_COLUMNS, VERIFICATION_COLUMNS};
 use crate::clock::Millis;
-use crate::crypto::CodeHasher;
+use crate::crypto::{BlindIndex, CodeHasher};
 use crate::store::{
-    CheckGate, CheckOutcome, Checked, StoreResult, SubjectSecrets, VerificationRow,
+    CheckGate, CheckOutcome, Checked, StoreError, StoreResult, SubjectSecrets, VerificationRow,
 };
 use crate::verify::{self, CheckPlan, CheckState, OtpCode, Status, VerifyError};
 
+/// Which verification a check is of.
+pub(super) enum Target {
+    Id(String),
+    /// The pending verification of a number on a service (a check by number), found
+    /// by the batch.
+    Pending {
+        bi: BlindIndex,
+        service_id: String,
+    },
+}
+
 /// One check of a code.
 pub(super) struct CheckReq {
-    pub id: String,
+    pub target: Target,
     pub code: OtpCode,
     pub now: Millis,
     /// Asked before the code is compared (see [`CheckGate`]).
@@ -64,10 +79,6 @@ pub(super) async fn run(
     codes: &CodeHasher,
     reqs: Vec<CheckReq>,
 ) -> StoreResult<Vec<StoreResult<CheckOutcome>>> {
-    let mut ids: Vec<&str> = reqs.iter().map(|r| r.id.as_str()).collect();
-    ids.sort_unstable();
-    ids.dedup();
-
     // Generic plans: the batch's statements are planned once per connection instead of
     // at every batch (their plans do not depend on the arrays' contents), which took
     // PostgreSQL's CPU per check down by about a seventh (docs/BENCHMARKS.md). In the
@@ -75,6 +86,19 @@ pub(super) async fn run(
     let mut tx = pool
         .begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
         .await?;
+    let found = find_pending(&mut tx, &reqs).await?;
+    // Each check's verification; `None`: a check by number that found none.
+    let id_of: Vec<Option<&str>> = reqs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| match &r.target {
+            Target::Id(id) => Some(id.as_str()),
+            Target::Pending { .. } => found.get(&i).map(String::as_str),
+        })
+        .collect();
+    let mut ids: Vec<&str> = id_of.iter().flatten().copied().collect();
+    ids.sort_unstable();
+    ids.dedup();
     let rows = sqlx::query(&format!(
         "SELECT {VERIFICATION_COLUMNS}, {SUBJECT_COLUMNS}, v.code_hash, v.lockout_ms
          FROM verifications v JOIN subjects s ON s.id = v.subject_id
@@ -108,29 +132,33 @@ pub(super) async fn run(
     // Checks of one verification are decided one after another, each on what the one
     // before it left; a round decides the next check of every verification at once and
     // asks the gates of its checks together. Almost always one round.
-    let mut round_of = Vec::with_capacity(reqs.len());
     let mut seen: HashMap<&str, usize> = HashMap::with_capacity(reqs.len());
-    for req in &reqs {
-        let n = seen.entry(req.id.as_str()).or_default();
-        round_of.push(*n);
-        *n += 1;
-    }
+    let round_of: Vec<Option<usize>> = id_of
+        .iter()
+        .map(|id| {
+            id.map(|id| {
+                let n = seen.entry(id).or_default();
+                *n += 1;
+                *n - 1
+            })
+        })
+        .collect();
     let rounds = seen.values().copied().max().unwrap_or(0);
     let mut outs: Vec<Option<StoreResult<CheckOutcome>>> = (0..reqs.len()).map(|_| None).collect();
     for round in 0..rounds {
         let (mut planned, mut asks) = (Vec::new(), Vec::new());
         for (i, req) in reqs.iter().enumerate() {
-            if round_of[i] != round {
+            if round_of[i] != Some(round) {
                 continue;
             }
-            let Some(cur) = current.get(&req.id) else {
+            let Some((id, cur)) = id_of[i].and_then(|id| Some((id, current.get(id)?))) else {
                 outs[i] = Some(Ok(CheckOutcome::NotFound));
                 continue;
             };
             let right = cur
                 .code_hash
                 .as_deref()
-                .is_some_and(|h| codes.matches(&req.id, req.code.expose(), h));
+                .is_some_and(|h| codes.matches(id, req.code.expose(), h));
             let state = CheckState {
                 status: cur.row.status,
                 expires_at: cur.row.expires_at,
@@ -163,7 +191,7 @@ pub(super) async fn run(
         drop(asks);
         for ((i, plan), admitted) in planned.into_iter().zip(admitted) {
             let req = &reqs[i];
-            let Some(cur) = current.get_mut(&req.id) else {
+            let Some(cur) = id_of[i].and_then(|id| current.get_mut(id)) else {
                 continue;
             };
             outs[i] = Some(Ok(if admitted {
@@ -345,4 +373,48 @@ fn apply(
             }
         }
     }
+}
+
+/// The pending verifications that the batch's checks by number are of, by the check's
+/// index: one statement, only when the batch has such checks. Read before the rows are
+/// locked, as a look-up before the check would: a verification that stops being
+/// pending meanwhile is refused by its check.
+async fn find_pending(
+    tx: &mut Transaction<'static, Postgres>,
+    reqs: &[CheckReq],
+) -> StoreResult<HashMap<usize, String>> {
+    let (mut index, mut bis, mut services, mut nows) = (vec![], vec![], vec![], vec![]);
+    for (i, req) in reqs.iter().enumerate() {
+        if let Target::Pending { bi, service_id } = &req.target {
+            index.push(i);
+            bis.push(&bi.0[..]);
+            services.push(service_id.as_str());
+            nows.push(req.now);
+        }
+    }
+    if index.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = sqlx::query(
+        "SELECT k.n, v.id FROM unnest($1::bytea[], $2::text[], $3::int8[])
+             WITH ORDINALITY AS k(blind_index, service_id, now, n)
+         JOIN subjects s ON s.blind_index = k.blind_index
+         JOIN verifications v ON v.subject_id = s.id AND v.service_id = k.service_id
+          AND v.status = 'pending' AND v.expires_at > k.now",
+    )
+    .bind(&bis)
+    .bind(&services)
+    .bind(&nows)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut found = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        let n: i64 = r.try_get(0)?;
+        let i = usize::try_from(n - 1)
+            .ok()
+            .and_then(|n| index.get(n))
+            .ok_or_else(|| StoreError::Internal("a pending verification for no check".into()))?;
+        found.insert(*i, r.try_get(1)?);
+    }
+    Ok(found)
 }

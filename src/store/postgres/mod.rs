@@ -27,7 +27,7 @@ mod checks;
 mod starts;
 
 use batch::{Batcher, Limits};
-use checks::CheckReq;
+use checks::{CheckReq, Target};
 
 /// A pooled connection idle at least this long is pinged before it is handed out
 /// (HikariCP's default for the same choice).
@@ -573,7 +573,7 @@ impl Store for PgStore {
     ) -> StoreResult<CheckOutcome> {
         self.checks
             .submit(CheckReq {
-                id: id.to_owned(),
+                target: Target::Id(id.to_owned()),
                 code,
                 now,
                 gate: None,
@@ -591,7 +591,7 @@ impl Store for PgStore {
     ) -> StoreResult<CheckOutcome> {
         self.checks
             .submit(CheckReq {
-                id: id.to_owned(),
+                target: Target::Id(id.to_owned()),
                 code,
                 now,
                 gate: Some(gate),
@@ -599,17 +599,27 @@ impl Store for PgStore {
             .await
     }
 
-    /// As `check_gated`: the locking read gives the number and service the caller
-    /// knew, and asking after comparing needs nothing held or given back.
-    async fn check_gated_owned(
+    /// One batch too: the batch finds the pending verification and checks it as
+    /// `check_gated` does.
+    async fn check_pending_gated(
         &self,
-        id: &str,
-        _owner: (&BlindIndex, &str),
+        bi: &BlindIndex,
+        service_id: &str,
         code: OtpCode,
         now: Millis,
         gate: Arc<dyn CheckGate>,
     ) -> StoreResult<CheckOutcome> {
-        self.check_gated(id, code, now, gate).await
+        self.checks
+            .submit(CheckReq {
+                target: Target::Pending {
+                    bi: *bi,
+                    service_id: service_id.to_owned(),
+                },
+                code,
+                now,
+                gate: Some(gate),
+            })
+            .await
     }
 
     async fn get_verification(&self, id: &str) -> StoreResult<Option<VerificationDetails>> {
