@@ -248,6 +248,23 @@ impl PgStore {
         })
     }
 
+    /// Queues a check for the check batches.
+    async fn check(
+        &self,
+        target: Target,
+        code: OtpCode,
+        now: Millis,
+        gate: Option<Arc<dyn CheckGate>>,
+    ) -> StoreResult<CheckOutcome> {
+        let req = CheckReq {
+            target,
+            code,
+            now,
+            gate,
+        };
+        self.checks.submit(req).await
+    }
+
     /// The pool, for tests and operator commands.
     pub fn pool(&self) -> &PgPool {
         &self.pool
@@ -571,14 +588,7 @@ impl Store for PgStore {
         code: OtpCode,
         now: Millis,
     ) -> StoreResult<CheckOutcome> {
-        self.checks
-            .submit(CheckReq {
-                target: Target::Id(id.to_owned()),
-                code,
-                now,
-                gate: None,
-            })
-            .await
+        self.check(Target::Id(id.to_owned()), code, now, None).await
     }
 
     /// One batch: the gate is asked inside the check's own transaction.
@@ -589,13 +599,7 @@ impl Store for PgStore {
         now: Millis,
         gate: Arc<dyn CheckGate>,
     ) -> StoreResult<CheckOutcome> {
-        self.checks
-            .submit(CheckReq {
-                target: Target::Id(id.to_owned()),
-                code,
-                now,
-                gate: Some(gate),
-            })
+        self.check(Target::Id(id.to_owned()), code, now, Some(gate))
             .await
     }
 
@@ -609,17 +613,11 @@ impl Store for PgStore {
         now: Millis,
         gate: Arc<dyn CheckGate>,
     ) -> StoreResult<CheckOutcome> {
-        self.checks
-            .submit(CheckReq {
-                target: Target::Pending {
-                    bi: *bi,
-                    service_id: service_id.to_owned(),
-                },
-                code,
-                now,
-                gate: Some(gate),
-            })
-            .await
+        let target = Target::Pending {
+            bi: *bi,
+            service_id: service_id.to_owned(),
+        };
+        self.check(target, code, now, Some(gate)).await
     }
 
     async fn get_verification(&self, id: &str) -> StoreResult<Option<VerificationDetails>> {
