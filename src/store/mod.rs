@@ -298,11 +298,12 @@ pub enum CheckOutcome {
 ///   at the same time: the gate holds a unit of the budget for the check (its caller
 ///   gives it back unless the code was wrong), so that a guess finding the budget
 ///   spent is never compared, whatever the concurrency;
-/// - [`CheckGate::admit_compared`], after comparing, when the store compares one code
-///   of a number on a service at a time and holds the others off until the gate has
-///   answered (PostgreSQL: the verification's row stays locked, and a number has at
-///   most one pending verification per service). The answer is final; nothing is
-///   held or given back.
+/// - [`CheckGate::admit_compared`], after comparing, when the store counts a code only
+///   if no other code of that number on that service was counted between its
+///   comparison and its write (PostgreSQL: a check writes its verification only if it
+///   is still as read, and decides again otherwise; a number has at most one pending
+///   verification per service). Nothing is held or given back; a store that decides a
+///   check again asks again, except for a wrong code whose unit is already spent.
 #[async_trait]
 pub trait CheckGate: Send + Sync {
     /// `true` compares the code; `false` answers [`CheckOutcome::Gated`].

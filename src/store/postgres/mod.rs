@@ -7,8 +7,8 @@
 //! transaction each. Where two instances could race, the database
 //! decides: starts and binds for the same number (or account) are serialised by a
 //! transaction-scoped advisory lock on its blind index (or account reference); checks
-//! lock the verification row (`FOR UPDATE`) and approve with the same conditional
-//! update as SQLite; workers claim outbox rows with `FOR UPDATE SKIP LOCKED` and a lease.
+//! write a verification only if it is still as they read it, and decide again
+//! otherwise; workers claim outbox rows with `FOR UPDATE SKIP LOCKED` and a lease.
 //! Connections come from a sized pool; every statement has a timeout.
 
 use std::sync::Arc;
