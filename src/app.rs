@@ -436,13 +436,20 @@ async fn janitor(state: AppState, mut stop: watch::Receiver<bool>) {
                             expired = r.expired,
                             idempotency_keys = r.idempotency_keys,
                             lockouts = r.lockouts,
+                            guess_budgets = r.guess_budgets,
                             tombstones = r.tombstones,
                             "janitor pass"
                         );
                     }
-                    let full = [r.expired, r.idempotency_keys, r.lockouts, r.tombstones]
-                        .iter()
-                        .any(|&n| n >= u64::from(BATCH));
+                    let full = [
+                        r.expired,
+                        r.idempotency_keys,
+                        r.lockouts,
+                        r.guess_budgets,
+                        r.tombstones,
+                    ]
+                    .iter()
+                    .any(|&n| n >= u64::from(BATCH));
                     if !full || *stop.borrow() {
                         break;
                     }

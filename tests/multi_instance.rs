@@ -111,16 +111,24 @@ async fn code_in_sinks(dir: &Path, wanted: impl Fn(&Value) -> bool) -> String {
 /// `RINGFENCE_TEST_REDIS_URL`, with a key that may also administer services; `None`
 /// when either URL is unset.
 async fn setup_with_redis() -> Option<(tempfile::TempDir, TestDb, String, Instance, Instance)> {
-    let admin = postgres_url()?;
     let redis = std::env::var("RINGFENCE_TEST_REDIS_URL")
         .ok()
         .filter(|u| !u.is_empty())?;
+    setup_with_counters(&["--counters-url", redis.as_str()]).await
+}
+
+/// Two instances sharing PostgreSQL, started with `counters` (none: each its own in
+/// memory), with a key that may also administer services; `None` when PostgreSQL's
+/// URL is unset.
+async fn setup_with_counters(
+    counters: &[&str],
+) -> Option<(tempfile::TempDir, TestDb, String, Instance, Instance)> {
+    let admin = postgres_url()?;
     let db = TestDb::create(&admin, "rf_multi").await;
     let dir = tempfile::tempdir().unwrap();
     let key = create_key(dir.path(), &db.url, "ops", &["verify", "admin"]);
-    let shared = ["--counters-url", redis.as_str()];
-    let a = start_instance_with(dir.path(), &db.url, "a", &shared).await;
-    let b = start_instance_with(dir.path(), &db.url, "b", &shared).await;
+    let a = start_instance_with(dir.path(), &db.url, "a", counters).await;
+    let b = start_instance_with(dir.path(), &db.url, "b", counters).await;
     Some((dir, db, key, a, b))
 }
 
@@ -459,25 +467,39 @@ async fn anti_abuse_limits_hold_across_instances_sharing_redis() {
 }
 
 /// A number's guess budget against racing guesses spread over two instances sharing
-/// PostgreSQL and Redis. Each compared code is judged while its verification's row is
-/// locked: a wrong one spends a unit, a right one needs one left and spends none. So
-/// with one unit left, of many racing guesses with the right code among them exactly
-/// one is compared, whichever it is — racing buys an attacker nothing — and someone
-/// who always types the right code is never limited.
+/// PostgreSQL and Redis. The budget is kept beside the verifications: a wrong code
+/// spends a unit, a right one needs one left and spends none, and a code counts only if
+/// its verification is written as it was read, so no other code of the number counted
+/// in between. So with one unit left, of many racing guesses with the right code among
+/// them exactly one is compared, whichever it is — racing buys an attacker nothing —
+/// and someone who always types the right code is never limited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_guesses_over_two_instances_compare_one_code_per_unit_of_the_budget() {
-    racing_guesses(false).await;
+    racing_guesses(false, true).await;
+}
+
+/// The same with no counters shared (each instance's in memory, as when Redis is
+/// down): the budget lives in PostgreSQL, so it holds across instances all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_guesses_over_two_instances_sharing_no_counters_compare_one_code_per_unit_of_the_budget(
+) {
+    racing_guesses(false, false).await;
 }
 
 /// The same with checks by number (`POST /v1/verification-checks`), which find the
 /// verification by its number and service first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_guesses_by_number_over_two_instances_compare_one_code_per_unit_of_the_budget() {
-    racing_guesses(true).await;
+    racing_guesses(true, true).await;
 }
 
-async fn racing_guesses(by_number: bool) {
-    let Some((dir, db, key, a, b)) = setup_with_redis().await else {
+async fn racing_guesses(by_number: bool, shared_counters: bool) {
+    let set_up = if shared_counters {
+        setup_with_redis().await
+    } else {
+        setup_with_counters(&[]).await
+    };
+    let Some((dir, db, key, a, b)) = set_up else {
         return;
     };
     let client = client_for_many();

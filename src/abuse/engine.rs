@@ -11,7 +11,7 @@ use super::lists::Lists;
 use super::policy::{AbusePolicy, RateSpec};
 use super::pumping::{self, Prefix, PumpingDetector, PumpingPolicy};
 use crate::clock::Millis;
-use crate::counters::{Counters, CountersError, Rate};
+use crate::counters::{Counters, CountersError, GcraDecision, Rate};
 use crate::crypto::{BlindIndex, BlindIndexer};
 use crate::verify::Channel;
 
@@ -441,35 +441,23 @@ impl Engine {
         subject: &BlindIndex,
         now: Millis,
     ) -> Result<Option<LimitState>, CountersError> {
-        self.judge_guess(policy, service_id, subject, false, now)
-            .await
-    }
-
-    /// Judges a code already compared, for a caller that lets no other check of this
-    /// number on this service be compared until it has the answer (a store holding the
-    /// verification's row): a wrong code spends one unit of `subject`'s budget if one
-    /// is left, a right one is admitted if one is left and spends nothing. Exactly what
-    /// [`Engine::reserve_guess`] then [`Engine::refund_guess`] for a right code would
-    /// leave, without the write and the refund. `None` when the service has no such
-    /// limit.
-    pub async fn judge_guess(
-        &self,
-        policy: &AbusePolicy,
-        service_id: &str,
-        subject: &BlindIndex,
-        right: bool,
-        now: Millis,
-    ) -> Result<Option<LimitState>, CountersError> {
-        let Some(spec) = policy.limits.wrong_codes_per_number else {
+        let Some(spec) = Self::guess_budget(policy) else {
             return Ok(None);
         };
         let key = guess_key(service_id, subject);
-        let d = if right {
-            self.counters.gcra_peek(&key, spec.rate(), now).await?
-        } else {
-            self.counters.gcra(&key, spec.rate(), now).await?
-        };
-        Ok(Some(LimitState {
+        let d = self.counters.gcra(&key, spec.rate(), now).await?;
+        Ok(Some(Self::guess_state(spec, &d)))
+    }
+
+    /// The rate of `policy`'s guess budget, for a store that keeps the budget itself
+    /// (see [`crate::store::CheckGate::budget`]); `None` when the service has none.
+    pub fn guess_budget(policy: &AbusePolicy) -> Option<RateSpec> {
+        policy.limits.wrong_codes_per_number
+    }
+
+    /// The guess budget's state as GCRA found it (`d`), for the answer's headers.
+    pub fn guess_state(spec: RateSpec, d: &GcraDecision) -> LimitState {
+        LimitState {
             name: "wrong_codes_per_number",
             spec,
             remaining: d.remaining,
@@ -479,7 +467,7 @@ impl Engine {
             } else {
                 d.retry_after_ms.or(Some(1000))
             },
-        }))
+        }
     }
 
     /// Gives back a reservation (`reserved`, as [`Engine::reserve_guess`] answered it)

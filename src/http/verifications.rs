@@ -18,9 +18,11 @@ use utoipa::ToSchema;
 
 use super::extract::{ApiJson, ApiPath, VerifyCaller};
 use super::{masked_number, validate, ApiError};
+use crate::abuse::policy::RateSpec;
 use crate::abuse::{Action, Decision, LimitState, Reason, SendContext};
 use crate::app::AppState;
 use crate::clock::{rfc3339, Millis};
+use crate::counters::{GcraDecision, Rate};
 use crate::crypto::{self, BlindIndex, DataKey};
 use crate::delivery::{Handoff, OutgoingMessage, Payload};
 use crate::store::{
@@ -575,10 +577,12 @@ async fn check_by_id(st: &AppState, id: &str, code: &str) -> Result<Response, Ap
 /// The number's budget of wrong codes, as a check's gate (see [`CheckGate`] for the two
 /// ways a store asks it). Asked before the code is compared, it reserves a unit, which
 /// [`finish_check`] gives back unless the code was wrong, so a guess that finds the
-/// budget spent is never compared, whatever the concurrency. Asked after, by a store
-/// that compares one code of a number at a time, a wrong code spends a unit and a right
-/// one only needs one left: nothing to give back. Without the counters, checks go on
-/// with only each verification's own attempt limit (enforced by the database).
+/// budget spent is never compared, whatever the concurrency; without the counters,
+/// such checks go on with only each verification's own attempt limit (enforced by the
+/// database). A store that keeps the budget itself (PostgreSQL) asks it for the
+/// budget's rate, and tells it what the budget found once the code is compared: a wrong
+/// code spent a unit, a right one only needed one left, nothing to give back, and no
+/// counters involved.
 struct GuessGate {
     abuse: Arc<crate::abuse::Engine>,
     services: Arc<crate::app::ServiceCache>,
@@ -586,6 +590,8 @@ struct GuessGate {
     service: Option<ServiceRecord>,
     now: Millis,
     asked: std::sync::Mutex<Gated>,
+    /// The budget named to a store that keeps it ([`CheckGate::budget`]).
+    spec: std::sync::Mutex<Option<RateSpec>>,
 }
 
 #[derive(Default)]
@@ -612,6 +618,7 @@ impl GuessGate {
             service,
             now,
             asked: Default::default(),
+            spec: Default::default(),
         }
     }
 
@@ -686,16 +693,28 @@ impl CheckGate for GuessGate {
         )
     }
 
-    async fn admit_compared(&self, bi: &BlindIndex, service_id: &str, right: bool) -> bool {
-        let Some(service) = self.service(service_id).await else {
+    async fn budget(&self, service_id: &str) -> Option<Rate> {
+        let spec =
+            crate::abuse::Engine::guess_budget(&self.service(service_id).await?.config.abuse)?;
+        *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = Some(spec);
+        Some(spec.rate())
+    }
+
+    fn judged(
+        &self,
+        bi: &BlindIndex,
+        _service_id: &str,
+        _right: bool,
+        found: &GcraDecision,
+    ) -> bool {
+        let spec = *self.spec.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(spec) = spec else {
+            // Asked of no budget it named: nothing to judge by.
             return true;
         };
-        let judged = self
-            .abuse
-            .judge_guess(&service.config.abuse, &service.id, bi, right, self.now)
-            .await;
-        // Final: a wrong code's unit stays spent, a right one spent none.
-        self.answer(judged, |_| Gated::Open, bi)
+        // Final: the store wrote what a wrong code spent, a right one spent none.
+        let limit = crate::abuse::Engine::guess_state(spec, found);
+        self.answer(Ok(Some(limit)), |_| Gated::Open, bi)
     }
 }
 

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::clock::Millis;
+use crate::counters::{GcraDecision, Rate};
 use crate::crypto::BlindIndex;
 use crate::verify::{Channel, OtpCode, ServiceConfig, Status, VerifyError};
 
@@ -294,25 +295,35 @@ pub enum CheckOutcome {
 /// (PostgreSQL's batches) needs no separate look-up of the verification's number
 /// first. A store asks in one of two ways:
 ///
-/// - [`CheckGate::admit`], before comparing, when checks of one number may be compared
-///   at the same time: the gate holds a unit of the budget for the check (its caller
-///   gives it back unless the code was wrong), so that a guess finding the budget
-///   spent is never compared, whatever the concurrency;
-/// - [`CheckGate::admit_compared`], after comparing, when the store counts a code only
-///   if no other code of that number on that service was counted between its
-///   comparison and its write (PostgreSQL: a check writes its verification only if it
-///   is still as read, and decides again otherwise; a number has at most one pending
-///   verification per service). Nothing is held or given back; a store that decides a
-///   check again asks again, except for a wrong code whose unit is already spent.
+/// - [`CheckGate::admit`], before comparing, when the budget lives in the counters
+///   (SQLite): the gate holds a unit of the budget for the check (its caller gives it
+///   back unless the code was wrong), so that a guess finding the budget spent is never
+///   compared, whatever the concurrency;
+/// - [`CheckGate::budget`] and then [`CheckGate::judged`], when the store keeps the
+///   budget itself, beside the verification and written with it (PostgreSQL): the gate
+///   names the budget's rate, the store applies it once the code is compared (a wrong
+///   code spends a unit if one is left, a right one needs one left and spends nothing)
+///   and tells the gate what it found. Nothing is held or given back.
 #[async_trait]
 pub trait CheckGate: Send + Sync {
     /// `true` compares the code; `false` answers [`CheckOutcome::Gated`].
     async fn admit(&self, blind_index: &BlindIndex, service_id: &str) -> bool;
 
-    /// `right`: whether the code matched. `true` lets the comparison's outcome stand;
-    /// `false` answers [`CheckOutcome::Gated`] and the comparison changes nothing.
-    async fn admit_compared(&self, blind_index: &BlindIndex, service_id: &str, right: bool)
-        -> bool;
+    /// The rate of the budget of codes of numbers on `service_id`, for a store that
+    /// keeps it; `None`: no budget, every code counts.
+    async fn budget(&self, service_id: &str) -> Option<Rate>;
+
+    /// What the store's budget found for a compared code (`right`: whether it
+    /// matched): for a right code whether a unit is left, for a wrong one whether one
+    /// could be spent. `true` lets the comparison's outcome stand; `false` answers
+    /// [`CheckOutcome::Gated`] and the comparison changes nothing.
+    fn judged(
+        &self,
+        blind_index: &BlindIndex,
+        service_id: &str,
+        right: bool,
+        found: &GcraDecision,
+    ) -> bool;
 }
 
 #[derive(Debug)]
@@ -479,6 +490,8 @@ pub struct SweepReport {
     pub idempotency_keys: u64,
     /// Lockouts that have ended.
     pub lockouts: u64,
+    /// Guess budgets whole again (a store that keeps them: PostgreSQL).
+    pub guess_budgets: u64,
     /// Ended bindings (tombstones) older than [`TOMBSTONE_RETENTION_MS`].
     pub tombstones: u64,
 }

@@ -226,6 +226,8 @@ async fn a_string_that_is_no_verification_id_is_not_found_and_changes_nothing() 
 /// service, and `None` when asked before the code was compared, `Some(right)` after.
 struct Gate {
     admit: bool,
+    /// The budget named to a store that keeps it.
+    budget: ringfence::counters::Rate,
     asked: std::sync::Mutex<Vec<(ringfence::crypto::BlindIndex, String, Option<bool>)>>,
 }
 
@@ -239,17 +241,22 @@ impl ringfence::store::CheckGate for Gate {
         self.admit
     }
 
-    async fn admit_compared(
+    async fn budget(&self, _service_id: &str) -> Option<ringfence::counters::Rate> {
+        Some(self.budget)
+    }
+
+    fn judged(
         &self,
         bi: &ringfence::crypto::BlindIndex,
         service_id: &str,
         right: bool,
+        found: &ringfence::counters::GcraDecision,
     ) -> bool {
         self.asked
             .lock()
             .unwrap()
             .push((*bi, service_id.to_owned(), Some(right)));
-        self.admit
+        self.admit && found.allowed
     }
 }
 
@@ -271,6 +278,7 @@ impl Gate {
 fn gate(admit: bool) -> std::sync::Arc<Gate> {
     std::sync::Arc::new(Gate {
         admit,
+        budget: ringfence::counters::Rate::per_day(1000),
         asked: Default::default(),
     })
 }
@@ -419,4 +427,64 @@ async fn racing_checks(b: Backend, by_number: bool) {
         assert_eq!(when.last(), Some(&Some(true)), "asked {when:?}");
         assert_eq!(when.len(), wrong + 1);
     }
+}
+
+/// A store that keeps the guess budget itself (PostgreSQL) applies the rate its gate
+/// names: wrong codes spend, a right code needs a unit left and spends none, the budget
+/// spans the number's verifications on the service, a refused code changes nothing, and
+/// the budget is whole again once its period has passed (the sweeper then deletes it).
+/// A store that asks before comparing (SQLite) keeps no budget: the counters do.
+#[tokio::test]
+async fn a_store_that_keeps_the_guess_budget_spends_it_on_wrong_codes_only() {
+    each_backend(|b| async move {
+        let svc = b.service("signup", |_| {}).await;
+        let budget = std::sync::Arc::new(Gate {
+            admit: true,
+            budget: ringfence::counters::Rate::per_day(2),
+            asked: Default::default(),
+        });
+        let check = |id: String, code: &'static str, now: i64| {
+            let (b, budget) = (&b, budget.clone());
+            async move { gated_check(b, None, &id, code, now, &budget).await }
+        };
+        let first = b.start(&svc, PHONE).started().await;
+        let now = T0 + SECOND;
+        let out = check(first.id.clone(), WRONG, now).await;
+        if budget.asked.lock().unwrap()[0].2.is_none() {
+            return; // asked before comparing: the budget is the gate's
+        }
+        assert!(matches!(out, CheckOutcome::Wrong { .. }), "{out:?}");
+        let out = check(first.id.clone(), CODE, now).await;
+        assert!(matches!(out, CheckOutcome::Approved(_)), "{out:?}");
+
+        // One unit left, on the number's next verification too.
+        let second = b.start(&svc, PHONE).at(now).started().await;
+        let out = check(second.id.clone(), WRONG, now).await;
+        assert!(matches!(out, CheckOutcome::Wrong { .. }), "{out:?}");
+        for code in [WRONG, CODE] {
+            let out = check(second.id.clone(), code, now).await;
+            assert!(matches!(out, CheckOutcome::Gated), "{code}: {out:?}");
+        }
+        let row = b.details(&second.id).await.row;
+        assert_eq!((row.status, row.attempts), (Status::Pending, 1));
+        assert!(b.inspect.has_code_hash(&second.id).await);
+        // Another number's budget is its own.
+        let other = b.start(&svc, PHONE_2).at(now).started().await;
+        let out = check(other.id.clone(), WRONG, now).await;
+        assert!(matches!(out, CheckOutcome::Wrong { .. }), "{out:?}");
+
+        // A day later both budgets are whole: the sweeper deletes them, and the
+        // number's next verification has two wrong codes again.
+        let later = now + 24 * 3600 * SECOND;
+        let report = b.store.sweep(later, T0, 100).await.unwrap();
+        assert_eq!(report.guess_budgets, 2, "{report:?}");
+        let third = b.start(&svc, PHONE).at(later).started().await;
+        for _ in 0..2 {
+            let out = check(third.id.clone(), WRONG, later).await;
+            assert!(matches!(out, CheckOutcome::Wrong { .. }), "{out:?}");
+        }
+        let out = check(third.id.clone(), WRONG, later).await;
+        assert!(matches!(out, CheckOutcome::Gated), "{out:?}");
+    })
+    .await;
 }

@@ -34,6 +34,7 @@ async fn sweep_expires_forgets_and_unlocks() {
                 expired: 1,
                 idempotency_keys: 1,
                 lockouts: 1,
+                guess_budgets: 0,
                 tombstones: 0,
             }
         );

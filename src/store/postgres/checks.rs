@@ -5,29 +5,27 @@
 //! all (only when the batch has some), as a look-up before the check would.
 //!
 //! A check batch holds no transaction open across round trips: one statement reads
-//! every verification the batch checks, with its subject, and each check is decided
-//! by the pure `verify::plan_check` against the state the checks before it left: of
-//! several checks of one verification in a batch, the second sees the first's approval
-//! or wrong attempt exactly as it would after the first's commit. A check whose code
-//! counts (right, or a wrong attempt) asks its gate (the number's guess budget) once the
-//! code is compared, through [`CheckGate::admit_compared`]; the gates of the batch are
-//! asked at once. One more statement, which commits by itself, writes every change
-//! (verifications, lockouts, the messages of verifications that ended), each
-//! verification only if it is still as it was read: its status, attempts, expiry and
-//! code. A verification that another writer changed in between (a check on another
-//! instance, a re-send's new code) is not written, and its checks are decided again on
-//! what that writer left, up to [`TRIES`] times. A wrong code whose gate spent a unit is
-//! not asked again; a right code's gate only reads, and is asked again.
+//! every verification the batch checks, with its subject and the guess budget of its
+//! number on its service (`guess_budgets`), and each check is decided by the pure
+//! `verify::plan_check` against the state the checks before it left: of several checks
+//! of one verification in a batch, the second sees the first's approval or wrong
+//! attempt exactly as it would after the first's commit. A check whose code counts
+//! (right, or a wrong attempt) meets the budget once the code is compared, at the rate
+//! its gate names ([`CheckGate::budget`]): a wrong code spends a unit if one is left, a
+//! right one needs one left and spends none, and the gate hears what was found
+//! ([`CheckGate::judged`]). One more statement, which commits by itself, writes every
+//! change (verifications, budgets, lockouts, the messages of verifications that ended),
+//! each verification and what goes with it only if the verification is still as it
+//! was read: its status, attempts, expiry and code. A verification that another writer
+//! changed in between (a check on another instance, a re-send's new code) is not
+//! written, and its checks are decided again on what that writer left, up to [`TRIES`]
+//! times. A last statement, only when needed, reads the lockouts that refusals report.
 //!
-//! Why that keeps the guess budget exact: every check that counts a code writes its
+//! Why that keeps the budget exact: every check that counts a code writes its
 //! verification, and a number has at most one pending verification per service, so two
 //! counting checks of one number on one service write the same row, and the second to
-//! commit is decided again on what the first left. A right code is approved only if its
-//! gate saw a unit left and no counted wrong code was written between its read and its
-//! write; a wrong code whose write loses may have spent a unit for nothing, which only
-//! ever errs on the side of the budget. A last statement, only when needed, reads the
-//! lockouts that refusals report. Two round trips a batch instead of four (and no row
-//! held locked while Redis answers): docs/BENCHMARKS.md.
+//! write is decided again on the budget the first left. Two round trips a batch, no row
+//! held locked between them, and no counters: docs/BENCHMARKS.md.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -36,6 +34,7 @@ use sqlx::{PgConnection, PgPool, Row};
 
 use super::{subject_from, verification_from, SUBJECT_COLUMNS, VERIFICATION_COLUMNS};
 use crate::clock::Millis;
+use crate::counters::gcra_step;
 use crate::crypto::{BlindIndex, CodeHasher};
 use crate::store::{
     CheckGate, CheckOutcome, Checked, StoreError, StoreResult, SubjectSecrets, VerificationRow,
@@ -78,6 +77,11 @@ struct Current {
     subject: SubjectSecrets,
     code_hash: Option<Vec<u8>>,
     lockout_ms: i64,
+    /// The number's guess budget on the service (a GCRA TAT, µs), as the checks so far
+    /// left it; `None`: whole.
+    budget: Option<i64>,
+    /// Whether a wrong code of this batch spent from it.
+    budget_spent: bool,
     changed: bool,
     /// Its queued messages end with this status, at this time.
     end_messages: Option<(&'static str, Millis)>,
@@ -105,14 +109,11 @@ pub(super) async fn run(
 ) -> StoreResult<Vec<StoreResult<CheckOutcome>>> {
     let mut conn = pool.acquire().await?;
     let mut outs: Vec<Option<StoreResult<CheckOutcome>>> = (0..reqs.len()).map(|_| None).collect();
-    // Wrong codes whose gate already spent a unit of the budget: counted, if they count,
-    // without asking again.
-    let mut spent = vec![false; reqs.len()];
     for _ in 0..TRIES {
         if outs.iter().all(Option::is_some) {
             break;
         }
-        decide(&mut conn, codes, &reqs, &mut outs, &mut spent).await?;
+        decide(&mut conn, codes, &reqs, &mut outs).await?;
     }
     Ok(outs
         .into_iter()
@@ -135,7 +136,6 @@ async fn decide(
     codes: &CodeHasher,
     reqs: &[CheckReq],
     outs: &mut [Option<StoreResult<CheckOutcome>>],
-    spent: &mut [bool],
 ) -> StoreResult<()> {
     let todo: Vec<bool> = outs.iter().map(Option::is_none).collect();
     let found = find_pending(conn, reqs, &todo).await?;
@@ -153,8 +153,9 @@ async fn decide(
     ids.sort_unstable();
     ids.dedup();
     let rows = sqlx::query(&format!(
-        "SELECT {VERIFICATION_COLUMNS}, {SUBJECT_COLUMNS}, v.code_hash, v.lockout_ms
+        "SELECT {VERIFICATION_COLUMNS}, {SUBJECT_COLUMNS}, v.code_hash, v.lockout_ms, g.tat_us
          FROM verifications v JOIN subjects s ON s.id = v.subject_id
+         LEFT JOIN guess_budgets g ON g.subject_id = v.subject_id AND g.service_id = v.service_id
          WHERE v.id = ANY($1)"
     ))
     .bind(&ids)
@@ -183,6 +184,8 @@ async fn decide(
                 },
                 code_hash,
                 lockout_ms: r.try_get(22)?,
+                budget: r.try_get(23)?,
+                budget_spent: false,
                 row,
                 changed: false,
                 end_messages: None,
@@ -211,7 +214,7 @@ async fn decide(
         }
     }
     for round in 0..rounds {
-        let (mut planned, mut asks) = (Vec::new(), Vec::new());
+        let (mut planned, mut gates) = (Vec::new(), Vec::new());
         for (i, req) in reqs.iter().enumerate() {
             if round_of[i] != Some(round) {
                 continue;
@@ -231,35 +234,45 @@ async fn decide(
                 lockout_seconds: u32::try_from(cur.lockout_ms / 1000).unwrap_or(u32::MAX),
             };
             let plan = verify::plan_check(&state, right, req.now);
-            // A plan that counts the code asks the gate, once the code is compared; a
-            // wrong code whose unit an earlier try spent is not asked again.
-            let ask = match (&req.gate, &plan) {
-                (_, _) if spent[i] => None,
+            // A plan that counts the code meets the number's budget, once the code is
+            // compared.
+            let gate = match (&req.gate, &plan) {
                 (
                     Some(gate),
                     Ok(CheckPlan::Approve | CheckPlan::Wrong { .. } | CheckPlan::Exhausted { .. }),
-                ) => Some((gate, &cur.subject.blind_index, &cur.row.service_id, right)),
+                ) => Some((gate, cur.row.service_id.clone())),
                 _ => None,
             };
-            planned.push((i, plan, ask.is_some() && !right));
-            asks.push(ask);
+            planned.push((i, plan, right));
+            gates.push(gate);
         }
-        let admitted = futures_util::future::join_all(asks.iter().map(|ask| async move {
-            match ask {
-                Some((gate, bi, service_id, right)) => {
-                    gate.admit_compared(bi, service_id, *right).await
-                }
-                None => true,
+        let rates = futures_util::future::join_all(gates.iter().map(|g| async move {
+            match g {
+                Some((gate, service_id)) => gate.budget(service_id).await,
+                None => None,
             }
         }))
         .await;
-        drop(asks);
-        for ((i, plan, spends), admitted) in planned.into_iter().zip(admitted) {
+        for (((i, plan, right), gate), rate) in planned.into_iter().zip(gates).zip(rates) {
             let req = &reqs[i];
             let Some(cur) = id_of[i].and_then(|id| current.get_mut(id)) else {
                 continue;
             };
-            spent[i] |= spends && admitted;
+            let admitted = match (gate, rate) {
+                (Some((gate, service_id)), Some(rate)) => {
+                    // A right code needs a unit left and spends none; a wrong one spends
+                    // one if one is left.
+                    let (found, tat) = gcra_step(cur.budget, rate, req.now, 1);
+                    let admitted =
+                        gate.judged(&cur.subject.blind_index, &service_id, right, &found);
+                    if let (true, false, Some(tat)) = (admitted, right, tat) {
+                        cur.budget = Some(tat);
+                        cur.budget_spent = true;
+                    }
+                    admitted
+                }
+                _ => true,
+            };
             outs[i] = Some(Ok(if admitted {
                 apply(cur, plan, req.now, i, &mut raised, &mut locked_out)
             } else {
@@ -346,6 +359,14 @@ async fn write(
             ended_at.push(at);
         }
     }
+    let (mut b_verification, mut b_subject, mut b_service, mut b_tat) =
+        (vec![], vec![], vec![], vec![]);
+    for c in changed.iter().filter(|c| c.budget_spent) {
+        b_verification.push(c.row.id.as_str());
+        b_subject.push(c.row.subject_id);
+        b_service.push(c.row.service_id.as_str());
+        b_tat.push(c.budget);
+    }
     let (mut l_verification, mut l_subject, mut l_service, mut l_until) =
         (vec![], vec![], vec![], vec![]);
     for ((subject, service), (verification, until)) in raised {
@@ -381,6 +402,15 @@ async fn write(
                  AS l(verification_id, subject_id, service_id, until)
             JOIN changed ON changed.id = l.verification_id
             ON CONFLICT (subject_id, service_id) DO UPDATE SET until = GREATEST(lockouts.until, excluded.until)
+         ), budgets AS (
+            -- Written only with its verification: no other code of this number on
+            -- this service counted since the budget was read.
+            INSERT INTO guess_budgets (subject_id, service_id, tat_us)
+            SELECT b.subject_id, b.service_id, b.tat_us
+            FROM unnest($18::text[], $19::int8[], $20::text[], $21::int8[])
+                 AS b(verification_id, subject_id, service_id, tat_us)
+            JOIN changed ON changed.id = b.verification_id
+            ON CONFLICT (subject_id, service_id) DO UPDATE SET tat_us = excluded.tat_us
          ), ending AS MATERIALIZED (
             -- One index scan for the batch's verifications. Joined to the
             -- outbox directly, the planner chose a sequential scan (~50 ms per
@@ -419,6 +449,10 @@ async fn write(
     .bind(&was_expires_at)
     .bind(&was_hash)
     .bind(&l_verification)
+    .bind(&b_verification)
+    .bind(&b_subject)
+    .bind(&b_service)
+    .bind(&b_tat)
     .fetch_all(&mut *conn)
     .await?;
     rows.iter()

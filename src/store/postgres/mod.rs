@@ -40,6 +40,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("migrations/0004_prefix.sql")),
     (5, include_str!("migrations/0005_tombstone_index.sql")),
     (6, include_str!("migrations/0006_hot_references.sql")),
+    (7, include_str!("migrations/0007_guess_budgets.sql")),
 ];
 
 /// How long a batch waits for the one before it of its kind to end before it starts
@@ -1105,6 +1106,15 @@ impl Store for PgStore {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        let guess_budgets = sqlx::query(
+            "DELETE FROM guess_budgets WHERE (subject_id, service_id) IN
+               (SELECT subject_id, service_id FROM guess_budgets WHERE tat_us <= $1 LIMIT $2)",
+        )
+        .bind(now.saturating_mul(1000))
+        .bind(i64::from(limit))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         let tombstones = sqlx::query(
             "DELETE FROM bindings WHERE id IN
                (SELECT id FROM bindings WHERE ended_at IS NOT NULL AND verified_at < $1 LIMIT $2)",
@@ -1119,6 +1129,7 @@ impl Store for PgStore {
             expired: ids.len() as u64,
             idempotency_keys,
             lockouts,
+            guess_budgets,
             tombstones,
         })
     }

@@ -1055,6 +1055,8 @@ pub fn sweep(
         expired: ids.len() as u64,
         idempotency_keys,
         lockouts,
+        // Kept in the counters on SQLite.
+        guess_budgets: 0,
         tombstones,
     })
 }
