@@ -447,11 +447,28 @@ async fn anti_abuse_limits_hold_across_instances_sharing_redis() {
     let (s, refused) = post(&a.base, "/v1/verifications", start(3, "2001:db8:7::3")).await;
     assert_eq!(s, 429, "{refused}");
     assert_eq!(refused["error"]["code"], "rate_limited");
+    // Queued while its decision was made, the refused start was withdrawn: it left no
+    // verification, on either instance, and no message.
+    for base in [&a.base, &b.base] {
+        let check = json!({ "to": "+447911000003", "code": "000000", "service": "shared" });
+        let (s, none) = post(base, "/v1/verification-checks", check).await;
+        assert_eq!(
+            (s, &none["error"]["code"]),
+            (404, &json!("verification_not_found")),
+            "{none}"
+        );
+    }
 
     // Wrong codes for one number, alternating instances: three are compared, then none.
     let id = first["id"].as_str().unwrap().to_owned();
     let path = format!("/v1/verifications/{id}/check");
     let code = code_from_sinks(dir.path(), "+447911000002").await;
+    assert!(
+        !sink_lines(dir.path())
+            .iter()
+            .any(|m| m["to"] == "+447911000003"),
+        "a refused start sent nothing"
+    );
     let wrong: String = code
         .bytes()
         .map(|b| char::from(b'0' + (b - b'0' + 1) % 10))

@@ -11,6 +11,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use std::sync::Arc;
+use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use ringfence_phone::E164;
 use serde::{Deserialize, Serialize};
@@ -359,6 +361,21 @@ pub async fn start(
         };
         serde_json::to_vec(&s).expect("signals serialise")
     });
+    // The start joins the store's queue now and is written once the decision below
+    // allows it: with the counters in Redis, the decision's round trip is made while
+    // the start waits for its batch. A refusal, an error, or the caller gone before the
+    // decision drops `decided`, and the store writes nothing.
+    let (decided, undecided) = oneshot::channel::<StartCmd>();
+    let stored = {
+        let store = st.store.clone();
+        tokio::spawn(
+            async move {
+                let cmd = Box::pin(async move { undecided.await.ok() });
+                store.start_verification_once_decided(cmd).await
+            }
+            .in_current_span(),
+        )
+    };
     // Test numbers never count and are never judged.
     let mut limit = None;
     let mut shadow: Option<Decision> = None;
@@ -414,6 +431,8 @@ pub async fn start(
             // Answered like any start; nothing is queued, nothing is sent.
             Action::ShadowBlock => shadow = Some(decision),
             Action::Block => {
+                // The start is withdrawn at once: its batch does not wait for the record.
+                drop(decided);
                 record_decision(
                     &st,
                     &decision,
@@ -463,9 +482,16 @@ pub async fn start(
     };
     let masked = Some(number.masked());
     let channel = body.channel;
-    // The commit and what must follow it, as one task (see `detached`).
+    // The commit and what must follow it, as one task (see `detached`): the command
+    // is handed to the store from there, so that once it is, all of it happens.
     detached(async move {
-        match st.store.start_verification(cmd).await? {
+        // Refused only if the store's task already ended, with the error awaited next.
+        let _ = decided.send(cmd);
+        let outcome = stored
+            .await
+            .map_err(|_| ApiError::Internal("the start's task stopped".into()))??
+            .ok_or_else(|| ApiError::Internal("a decided start was withdrawn".into()))?;
+        match outcome {
             StartOutcome::Started {
                 verification,
                 resent,

@@ -151,6 +151,13 @@ pub struct StartCmd {
     pub now: Millis,
 }
 
+/// A start whose command is still being decided (see
+/// [`Store::start_verification_once_decided`]): it resolves to the command once the
+/// caller's decision allows the start, or to `None` when it does not (refused, or the
+/// caller gone), and then nothing is written.
+pub type UndecidedStart =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Option<StartCmd>> + Send>>;
+
 #[derive(Debug)]
 pub enum StartOutcome {
     Started {
@@ -524,6 +531,22 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<ServiceRecord>>;
 
     async fn start_verification(&self, cmd: StartCmd) -> StoreResult<StartOutcome>;
+    /// [`Store::start_verification`] of a start that is queued before it is decided, so
+    /// that the caller's decision (with counters in Redis, a round trip) is made while
+    /// the start waits for its turn to be written. `None`: the start was withdrawn
+    /// (`cmd` resolved to `None`) and nothing was written. A store that batches starts
+    /// (PostgreSQL) queues it at once and waits for the decisions of a batch before it
+    /// takes a connection, as a decision may itself read the database; by default the
+    /// decision is awaited first.
+    async fn start_verification_once_decided(
+        &self,
+        cmd: UndecidedStart,
+    ) -> StoreResult<Option<StartOutcome>> {
+        match cmd.await {
+            Some(cmd) => self.start_verification(cmd).await.map(Some),
+            None => Ok(None),
+        }
+    }
     async fn check_verification(
         &self,
         id: &str,

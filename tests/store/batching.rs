@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use ringfence::clock::Millis;
 use ringfence::store::{CheckOutcome, StartCmd, StartOutcome, StoreError, StoreResult};
 use ringfence::verify::{Status, VerifyError};
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 use crate::backend::{each_backend, Backend};
@@ -267,6 +268,72 @@ pub async fn two_bad_starts_among_many(b: &Backend) -> Vec<usize> {
         .await;
     assert_eq!(pending.unwrap(), None);
     retried
+}
+
+/// Starts queued before they are decided, as the HTTP edge queues them while it asks
+/// the counters: each is written once its decision gives the command, in whatever order
+/// the decisions come, and one withdrawn (refused, or its caller gone) writes nothing
+/// and is answered `None`, while the others of its batch are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn starts_queued_before_their_decision_write_only_the_ones_allowed() {
+    each_backend(|b| async move {
+        let svc = b.service("signup", |_| {}).await;
+        let mut tasks = JoinSet::new();
+        let mut decisions = Vec::new();
+        for n in 0..40u32 {
+            let (decided, undecided) = oneshot::channel::<StartCmd>();
+            let store = b.store.clone();
+            tasks.spawn(async move {
+                let cmd = Box::pin(async move { undecided.await.ok() });
+                (n, store.start_verification_once_decided(cmd).await)
+            });
+            decisions.push((n, decided));
+        }
+        // Let the starts reach the queue, then decide them last first; every third is
+        // withdrawn.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        for (n, decided) in decisions.into_iter().rev() {
+            if n % 3 == 0 {
+                drop(decided);
+            } else {
+                let cmd = b.start(&svc, &mobile(n)).at(T0).prepare().cmd;
+                assert!(decided.send(cmd).is_ok(), "start {n} still waits");
+            }
+        }
+        let mut started = HashMap::new();
+        while let Some(done) = tasks.join_next().await {
+            let (n, out) = done.expect("start task");
+            match (n % 3, out.expect("start")) {
+                (0, None) => {}
+                (
+                    1 | 2,
+                    Some(StartOutcome::Started {
+                        verification,
+                        resent: false,
+                        ..
+                    }),
+                ) => {
+                    started.insert(n, verification.id);
+                }
+                (_, other) => panic!("start {n} answered {other:?}"),
+            }
+        }
+        assert_eq!(started.len(), 26);
+        let counts = b.inspect.counts().await;
+        assert_eq!(
+            (counts.subjects, counts.verifications, counts.outbox),
+            (26, 26, 26)
+        );
+        for n in 0..40u32 {
+            let pending = b
+                .store
+                .find_pending(&b.blind(&mobile(n)), &svc.id, T0)
+                .await
+                .expect("find_pending");
+            assert_eq!(pending.as_ref(), started.get(&n), "number {n}");
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

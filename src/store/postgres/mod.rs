@@ -73,7 +73,7 @@ impl Default for PgSettings {
 
 pub struct PgStore {
     pool: PgPool,
-    starts: Batcher<StartCmd, StartOutcome>,
+    starts: Batcher<UndecidedStart, Option<StartOutcome>>,
     checks: Batcher<CheckReq, CheckOutcome>,
 }
 
@@ -580,6 +580,16 @@ impl Store for PgStore {
     }
 
     async fn start_verification(&self, cmd: StartCmd) -> StoreResult<StartOutcome> {
+        self.starts
+            .submit(Box::pin(std::future::ready(Some(cmd))))
+            .await?
+            .ok_or_else(|| StoreError::Internal("a decided start was withdrawn".into()))
+    }
+
+    async fn start_verification_once_decided(
+        &self,
+        cmd: UndecidedStart,
+    ) -> StoreResult<Option<StartOutcome>> {
         self.starts.submit(cmd).await
     }
 

@@ -18,6 +18,12 @@
 //! pending verification) as if it had come second, or this statement waits for it and
 //! leaves the number to the slow path. Both paths insert subjects in the order of
 //! their blind index, so two of them never wait on each other in a cycle.
+//!
+//! A start may join the queue before it is decided ([`UndecidedStart`]): its decision
+//! is made while it waits for its batch. A batch first waits for the decisions of its
+//! starts, without a connection (a decision may read the database: holding one would
+//! let a full pool wait on itself), and writes the ones allowed; a withdrawn start is
+//! answered `None`.
 
 use std::collections::{HashMap, HashSet};
 
@@ -27,16 +33,27 @@ use super::{advisory_lock_key, start, LOCK_SUBJECT};
 use crate::crypto::CodeHasher;
 use crate::store::{
     NewSubject, NewVerification, Sealed, StartCmd, StartOutcome, StoreError, StoreResult,
-    VerificationRow,
+    UndecidedStart, VerificationRow,
 };
 
-/// Applies a batch of starts; see the module's comment.
+/// Applies a batch of starts once each is decided; see the module's comment.
 pub(super) async fn run(
     pool: &PgPool,
     codes: &CodeHasher,
     services: &KnownServices,
-    cmds: Vec<StartCmd>,
-) -> StoreResult<Vec<StoreResult<StartOutcome>>> {
+    undecided: Vec<UndecidedStart>,
+) -> StoreResult<Vec<StoreResult<Option<StartOutcome>>>> {
+    let n = undecided.len();
+    let (at, cmds): (Vec<usize>, Vec<StartCmd>) = futures_util::future::join_all(undecided)
+        .await
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, cmd)| Some((i, cmd?)))
+        .unzip();
+    let mut answers: Vec<StoreResult<Option<StartOutcome>>> = (0..n).map(|_| Ok(None)).collect();
+    if cmds.is_empty() {
+        return Ok(answers);
+    }
     let mut conn = pool.acquire().await?;
     let (outs, healthy) = apply(&mut conn, codes, services, cmds).await;
     if !healthy {
@@ -44,7 +61,10 @@ pub(super) async fn run(
         // knowing (see `begin_locked`): this connection serves no one else.
         conn.close_on_drop();
     }
-    outs
+    for (i, out) in at.into_iter().zip(outs?) {
+        answers[i] = out.map(Some);
+    }
+    Ok(answers)
 }
 
 // A `StartCmd` is `Send` but not `Sync` (its reseal closure), so no `&StartCmd` may
