@@ -17,12 +17,74 @@
 //! that error: nothing of the batch was committed, so each may be retried.
 
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
+use super::PING_IF_IDLE_FOR;
+
 use crate::store::{StoreError, StoreResult};
+
+/// The connections a kind of batch keeps between its batches (as many as run at once).
+///
+/// A connection given back to sqlx's pool is tested on its way in with a round trip
+/// (`Sync`, then waiting for `ReadyForQuery`): under load that is one more round trip
+/// per batch, for both the service and PostgreSQL, and the connection is unavailable
+/// until it returns. Kept here instead, a batch's connection goes straight to the next
+/// batch. One idle for [`PING_IF_IDLE_FOR`] or more is given back to the pool (tested
+/// there) and the batch takes one from the pool, which pings it if it sat idle too:
+/// after a quiet spell, a connection that broke meanwhile (a restarted server) is not
+/// handed to a batch. A batch that fails drops its connection rather than keeping it.
+/// At most `most` are kept: none with a small pool (see [`KeptConnections::most`]).
+pub(super) struct KeptConnections {
+    pool: PgPool,
+    most: usize,
+    idle: Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
+}
+
+impl KeptConnections {
+    pub fn new(pool: PgPool, most: usize) -> Self {
+        Self {
+            pool,
+            most,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// How many connections each kind of batch may keep, running `in_flight` batches
+    /// at once on a pool of `pool_size`: as many as it runs, if the two kinds together
+    /// keep at most half the pool; none otherwise, so that a small pool is never held
+    /// by idle batchers while a look-up waits for a connection.
+    pub fn most(pool_size: u32, in_flight: usize) -> usize {
+        if 2 * 2 * in_flight <= pool_size as usize {
+            in_flight
+        } else {
+            0
+        }
+    }
+
+    /// A connection for a batch: the most recently kept one, if it is fresh enough.
+    pub async fn take(&self) -> StoreResult<PoolConnection<Postgres>> {
+        let kept = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match kept {
+            Some((conn, since)) if since.elapsed() < PING_IF_IDLE_FOR => Ok(conn),
+            // An old one goes back to the pool (dropped: tested there).
+            _ => Ok(self.pool.acquire().await?),
+        }
+    }
+
+    /// Keeps the connection of a batch that succeeded, for the next one, if there is
+    /// room; otherwise it goes back to the pool.
+    pub fn keep(&self, conn: PoolConnection<Postgres>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.most {
+            idle.push((conn, Instant::now()));
+        }
+    }
+}
 
 /// A request and where its answer goes.
 struct Job<Req, Out> {
@@ -277,5 +339,18 @@ mod tests {
         until("the third batch runs", || sizes.lock().unwrap().len() == 3).await;
         open.notify_waiters();
         third.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn batchers_keep_connections_only_when_half_the_pool_is_left_to_the_rest() {
+        // The default pool (16) and the test suite's (8): two batches of each kind at
+        // once, each keeping its connection.
+        assert_eq!(KeptConnections::most(16, 2), 2);
+        assert_eq!(KeptConnections::most(8, 2), 2);
+        assert_eq!(KeptConnections::most(4, 1), 1);
+        // Smaller pools keep none: a batcher's idle connection would be missed.
+        assert_eq!(KeptConnections::most(7, 2), 0);
+        assert_eq!(KeptConnections::most(3, 1), 0);
+        assert_eq!(KeptConnections::most(1, 1), 0);
     }
 }

@@ -30,8 +30,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, Row};
 
+use super::batch::KeptConnections;
 use super::{subject_from, verification_from, SUBJECT_COLUMNS, VERIFICATION_COLUMNS};
 use crate::clock::Millis;
 use crate::counters::gcra_step;
@@ -103,18 +104,20 @@ const TRIES: usize = 8;
 
 /// Applies a batch of checks; see the module's comment.
 pub(super) async fn run(
-    pool: &PgPool,
+    conns: &KeptConnections,
     codes: &CodeHasher,
     reqs: Vec<CheckReq>,
 ) -> StoreResult<Vec<StoreResult<CheckOutcome>>> {
-    let mut conn = pool.acquire().await?;
+    let mut conn = conns.take().await?;
     let mut outs: Vec<Option<StoreResult<CheckOutcome>>> = (0..reqs.len()).map(|_| None).collect();
     for _ in 0..TRIES {
         if outs.iter().all(Option::is_some) {
             break;
         }
+        // On an error the connection is dropped: the pool tests it on its way back.
         decide(&mut conn, codes, &reqs, &mut outs).await?;
     }
+    conns.keep(conn);
     Ok(outs
         .into_iter()
         .map(|o| {

@@ -26,7 +26,7 @@ mod batch;
 mod checks;
 mod starts;
 
-use batch::{Batcher, Limits};
+use batch::{Batcher, KeptConnections, Limits};
 use checks::{CheckReq, Target};
 
 /// A pooled connection idle at least this long is pinged before it is handed out
@@ -227,19 +227,21 @@ impl PgStore {
             in_flight: (settings.max_connections as usize / 4).clamp(1, 2),
             patience: BATCH_PATIENCE,
         };
+        let kept = KeptConnections::most(settings.max_connections, limits.in_flight);
         let starts = Batcher::spawn(limits, {
-            let (pool, codes) = (pool.clone(), codes.clone());
+            let conns = Arc::new(KeptConnections::new(pool.clone(), kept));
+            let codes = codes.clone();
             let services = Arc::new(starts::KnownServices::default());
             move |cmds| {
-                let (pool, codes, services) = (pool.clone(), codes.clone(), services.clone());
-                async move { starts::run(&pool, &codes, &services, cmds).await }
+                let (conns, codes, services) = (conns.clone(), codes.clone(), services.clone());
+                async move { starts::run(&conns, &codes, &services, cmds).await }
             }
         });
         let checks = Batcher::spawn(limits, {
-            let pool = pool.clone();
+            let conns = Arc::new(KeptConnections::new(pool.clone(), kept));
             move |reqs| {
-                let (pool, codes) = (pool.clone(), codes.clone());
-                async move { checks::run(&pool, &codes, reqs).await }
+                let (conns, codes) = (conns.clone(), codes.clone());
+                async move { checks::run(&conns, &codes, reqs).await }
             }
         });
         Ok(Self {

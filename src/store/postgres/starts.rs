@@ -27,8 +27,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sqlx::{Connection, PgConnection, PgPool, Postgres, Row, Transaction};
+use sqlx::{Connection, PgConnection, Postgres, Row, Transaction};
 
+use super::batch::KeptConnections;
 use super::{advisory_lock_key, start, LOCK_SUBJECT};
 use crate::crypto::CodeHasher;
 use crate::store::{
@@ -38,7 +39,7 @@ use crate::store::{
 
 /// Applies a batch of starts once each is decided; see the module's comment.
 pub(super) async fn run(
-    pool: &PgPool,
+    conns: &KeptConnections,
     codes: &CodeHasher,
     services: &KnownServices,
     undecided: Vec<UndecidedStart>,
@@ -54,12 +55,15 @@ pub(super) async fn run(
     if cmds.is_empty() {
         return Ok(answers);
     }
-    let mut conn = pool.acquire().await?;
+    let mut conn = conns.take().await?;
     let (outs, healthy) = apply(&mut conn, codes, services, cmds).await;
-    if !healthy {
+    match (&outs, healthy) {
+        (Ok(_), true) => conns.keep(conn),
+        // The connection or the server failed: the pool tests it on its way back.
+        (Err(_), true) => {}
         // A failed transaction may have been left open on the server without sqlx
         // knowing (see `begin_locked`): this connection serves no one else.
-        conn.close_on_drop();
+        (_, false) => conn.close_on_drop(),
     }
     for (i, out) in at.into_iter().zip(outs?) {
         answers[i] = out.map(Some);
