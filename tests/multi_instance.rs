@@ -24,10 +24,6 @@ impl Drop for Instance {
     }
 }
 
-async fn start_instance(dir: &Path, db_url: &str, name: &str) -> Instance {
-    start_instance_with(dir, db_url, name, &[]).await
-}
-
 async fn start_instance_with(dir: &Path, db_url: &str, name: &str, extra: &[&str]) -> Instance {
     let client = reqwest::Client::new();
     for _ in 0..3 {
@@ -161,14 +157,9 @@ fn client_for_many() -> reqwest::Client {
         .unwrap()
 }
 
+/// Two instances sharing PostgreSQL, each with its counters in memory.
 async fn setup() -> Option<(tempfile::TempDir, TestDb, String, Instance, Instance)> {
-    let admin = postgres_url()?;
-    let db = TestDb::create(&admin, "rf_multi").await;
-    let dir = tempfile::tempdir().unwrap();
-    let key = create_key(dir.path(), &db.url, "multi", &[]);
-    let a = start_instance(dir.path(), &db.url, "a").await;
-    let b = start_instance(dir.path(), &db.url, "b").await;
-    Some((dir, db, key, a, b))
+    setup_with_counters(&[]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
