@@ -4,8 +4,9 @@
 //! every start of every instance shares; a number seen for the first time starts
 //! without waiting for its number's lock; a hostile id in a check finds nothing; a
 //! batch of starts or checks whose locks time out leaves no connection behind in a
-//! failed transaction; and a pooled connection the server dropped while it sat idle is
-//! replaced before a request uses it.
+//! failed transaction; a pooled connection the server dropped while it sat idle is
+//! replaced before a request uses it; and a batch's connection kept through a quiet
+//! spell goes back to the pool before the batch takes one.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use sqlx::Connection;
 
 use crate::backend::Backend;
 use crate::batching::two_bad_starts_among_many;
-use crate::fixtures::{mobile, otp, CODE, SECOND, T0};
+use crate::fixtures::{mobile, otp, CODE, SECOND, T0, WRONG};
 
 /// A store on a fresh schema of the test PostgreSQL server, tuned by `tune`; `None`
 /// when `RINGFENCE_TEST_POSTGRES_URL` is not set.
@@ -347,5 +348,43 @@ async fn on_postgres_connections_dropped_while_idle_are_replaced_unnoticed() {
         .await
         .unwrap();
     assert!(!pids.contains(&now[0]), "a new connection answered");
+    drop(keep);
+}
+
+/// A batch keeps its connection for the next batch only while it was in use a moment
+/// ago: after a quiet spell the batch gives it back to the pool (which tests it) before
+/// it takes one, so even a pool with no other connection free has one to give.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_batchs_connection_kept_through_a_quiet_spell_goes_back_to_the_pool_first() {
+    let Some(OnPostgres { b, pg, keep, .. }) = on_postgres(|s| {
+        // One batch of each kind at a time, each keeping its connection.
+        s.max_connections = 4;
+        s.acquire_timeout = Duration::from_secs(1);
+    })
+    .await
+    else {
+        return;
+    };
+    let svc = b.service("signup", |_| {}).await;
+    let v = b.start(&svc, &mobile(1)).started().await;
+    let wrong = b
+        .store
+        .check_verification(&v.id, otp(WRONG), T0 + SECOND)
+        .await;
+    assert!(matches!(wrong, Ok(CheckOutcome::Wrong { .. })), "{wrong:?}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Every other connection of the pool, held: the batchers keep the only two left.
+    let mut held = Vec::new();
+    while pg.pool().size() < 4 || pg.pool().num_idle() > 0 {
+        held.push(pg.pool().acquire().await.expect("a free connection"));
+    }
+    assert_eq!(held.len(), 2, "the two batchers keep one connection each");
+
+    let out = b
+        .store
+        .check_verification(&v.id, otp(CODE), T0 + 2 * SECOND)
+        .await;
+    assert!(matches!(out, Ok(CheckOutcome::Approved(_))), "{out:?}");
+    drop(held);
     drop(keep);
 }

@@ -69,11 +69,15 @@ impl KeptConnections {
     /// A connection for a batch: the most recently kept one, if it is fresh enough.
     pub async fn take(&self) -> StoreResult<PoolConnection<Postgres>> {
         let kept = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        match kept {
-            Some((conn, since)) if since.elapsed() < PING_IF_IDLE_FOR => Ok(conn),
-            // An old one goes back to the pool (dropped: tested there).
-            _ => Ok(self.pool.acquire().await?),
+        if let Some((conn, since)) = kept {
+            if since.elapsed() < PING_IF_IDLE_FOR {
+                return Ok(conn);
+            }
+            // An old one goes back to the pool (tested there) before one is taken: with
+            // a pool of few connections, it may be the one the pool hands out.
+            drop(conn);
         }
+        Ok(self.pool.acquire().await?)
     }
 
     /// Keeps the connection of a batch that succeeded, for the next one, if there is
