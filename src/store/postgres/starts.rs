@@ -57,13 +57,12 @@ pub(super) async fn run(
     }
     let mut conn = conns.take().await?;
     let (outs, healthy) = apply(&mut conn, codes, services, cmds).await;
-    match (&outs, healthy) {
-        (Ok(_), true) => conns.keep(conn),
-        // The connection or the server failed: the pool tests it on its way back.
-        (Err(_), true) => {}
+    if healthy {
+        conns.keep(conn);
+    } else {
         // A failed transaction may have been left open on the server without sqlx
         // knowing (see `begin_locked`): this connection serves no one else.
-        (_, false) => conn.close_on_drop(),
+        conn.close_on_drop();
     }
     for (i, out) in at.into_iter().zip(outs?) {
         answers[i] = out.map(Some);
