@@ -52,12 +52,10 @@ else
 fi
 PID=
 WORK=
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; [ -n "$WORK" ] && rm -rf "$WORK"; true; }
-trap cleanup EXIT
-
-# Each measured rate, one line "round mode kind rate", for the summary of ROUNDS.
+# Each measured rate, one line "round mode kind rate", for the summary at the end.
 RATES="$(mktemp)"
-trap 'cleanup; rm -f "$RATES"' EXIT
+cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; [ -n "$WORK" ] && rm -rf "$WORK"; rm -f "$RATES"; true; }
+trap cleanup EXIT
 
 wrk_run() { # kind (ceiling, start or check), label, seconds, wrk args...
   local kind=$1 label=$2 secs=$3 out; shift 3
